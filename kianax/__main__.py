@@ -1,0 +1,5 @@
+import sys
+
+from kianax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""The composition root: builds the long-lived services a process needs, and closes them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings
+from redis.asyncio import Redis
+
+from db.engine import Database
+from domain.auth.service import AuthService
+from domain.market.feed import QuoteDemand
+from domain.market.models import MarketDataProvider
+from domain.market.service import MarketService
+from kianax.broadcast import Broadcast
+from kianax.settings import Settings
+
+
+def build_market_provider(settings: Settings) -> MarketDataProvider:
+    if settings.massive_api_key:
+        from domain.market.massive import MassiveMarket
+
+        return MassiveMarket(
+            settings.massive_api_key,
+            rest_base_url=settings.massive_rest_url,
+            ws_url=settings.massive_ws_url,
+        )
+    from domain.market.simulated import SimulatedMarket
+
+    return SimulatedMarket(seed=settings.market_seed)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    redis: Redis
+    broadcast: Broadcast
+    provider: MarketDataProvider
+    market: MarketService
+    quote_demand: QuoteDemand
+    jobs: ArqRedis
+    auth: AuthService
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def services(
+    settings: Settings, *, provider: MarketDataProvider | None = None
+) -> AsyncIterator[Services]:
+    if not settings.redis_url:
+        raise RuntimeError("KIANAX_REDIS_URL is not set")
+    db = Database(
+        settings.runtime_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
+    redis = Redis.from_url(settings.redis_url)
+    broadcast = Broadcast(settings.redis_url)
+    await broadcast.connect()
+    provider = provider or build_market_provider(settings)
+    demand = QuoteDemand(redis)
+    jobs = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+
+    async def enqueue_email(user_id: uuid.UUID, message_id: uuid.UUID) -> None:
+        await jobs.enqueue_job(
+            "send_email", str(user_id), str(message_id), _job_id=f"email:{message_id}"
+        )
+
+    svc = Services(
+        settings=settings,
+        db=db,
+        redis=redis,
+        broadcast=broadcast,
+        provider=provider,
+        market=MarketService(provider, redis),
+        quote_demand=demand,
+        jobs=jobs,
+        auth=AuthService(settings, redis, enqueue_email=enqueue_email),
+    )
+    svc._tasks.append(asyncio.create_task(demand.keep_alive()))
+    try:
+        yield svc
+    finally:
+        for task in svc._tasks:
+            task.cancel()
+        await asyncio.gather(*svc._tasks, return_exceptions=True)
+        await jobs.aclose()
+        await broadcast.disconnect()
+        await redis.aclose()
+        await db.dispose()
