@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# uvicorn adds an ANSI-coloured copy of each message; JSON logs do not want it.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +40,21 @@ def configure_logging(level: str = "INFO", *, json_format: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # uvicorn installs its own handlers; route everything through ours.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq"):
+    route_library_loggers()
+
+
+def route_library_loggers() -> None:
+    """uvicorn, arq and the massive SDK install their own handlers; route all through ours.
+
+    Call again after importing a library that adds handlers at import time (massive).
+    """
+    for name in (
+        "uvicorn",
+        "uvicorn.error",
+        "uvicorn.access",
+        "arq",
+        "RESTClient",
+        "WebSocketClient",
+    ):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -13,8 +13,7 @@ from sqlalchemy.engine import make_url
 # Development defaults. They are public (they are in this file), so production refuses them.
 DEV_JWT_KEYS = "dev:kianax-development-jwt-secret-not-for-production"
 DEV_APP_DB_PASSWORD = "kianax-dev-app"  # noqa: S105 - documented development default
-DEV_MASTER_KEYS = "dev:ZGV2LW1hc3Rlci1rZXktMzItYnl0ZXMtbm90LXByb2Qh"
-DEV_WEBHOOK_SECRET = "kianax-development-webhook-secret"  # noqa: S105
+DEV_MASTER_KEYS = "dev:a2lhbmF4LWRldi1tYXN0ZXIta2V5LW5vdC1zZWNyZXQ="
 
 
 class Environment(enum.StrEnum):

@@ -18,6 +18,7 @@ from domain.market.feed import QuoteDemand
 from domain.market.models import MarketDataProvider
 from domain.market.service import MarketService
 from kianax.broadcast import Broadcast
+from kianax.logs import route_library_loggers
 from kianax.settings import Settings
 
 
@@ -25,6 +26,7 @@ def build_market_provider(settings: Settings) -> MarketDataProvider:
     if settings.massive_api_key:
         from domain.market.massive import MassiveMarket
 
+        route_library_loggers()
         return MassiveMarket(
             settings.massive_api_key,
             rest_base_url=settings.massive_rest_url,

@@ -18,7 +18,6 @@ from strawberry.extensions import (
 from strawberry.types import ExecutionContext
 
 from kianax.logs import request_id_var
-from schema.errors import PublicError
 from schema.limits import CredentialMutationsAlone, RequestBudget
 from schema.roots.auth import AuthMutation, AuthQuery
 from schema.roots.market import MarketQuery, MarketSubscription
@@ -43,9 +42,9 @@ class Subscription(MarketSubscription):
 
 
 def _is_unexpected(error: GraphQLError) -> bool:
-    # Syntax and validation errors carry no original error; they are the client's to see.
+    # Syntax, validation and variable-coercion errors are GraphQL's own, for the client.
     original = error.original_error
-    return original is not None and not isinstance(original, PublicError)
+    return original is not None and not isinstance(original, GraphQLError)
 
 
 class KianaxMaskErrors(MaskErrors):

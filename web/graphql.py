@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -88,6 +89,15 @@ class KianaxGraphQL(GraphQL[Context, None]):
         context.actor = auth.actor
         context.loaders = build_loaders(self.services.db, auth.actor, self.services.market)
         return None
+
+    def decode_json(self, data: str | bytes) -> object:
+        if isinstance(data, bytes):
+            try:
+                data = data.decode()
+            except UnicodeDecodeError as exc:
+                # Surfaces as "Unable to parse request body as JSON" (400), not a 500.
+                raise json.JSONDecodeError("request body is not UTF-8", "", exc.start) from exc
+        return json.loads(data)
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse(render_playground(graphql_path=request.url.path))
