@@ -63,7 +63,9 @@ async def services(
         max_overflow=settings.db_max_overflow,
     )
     redis = Redis.from_url(settings.redis_url)
-    broadcast = Broadcast(settings.redis_url)
+    # A user's order and portfolio streams end (and the client refetches) rather than
+    # silently skip what was published while Redis was away; quotes simply carry on.
+    broadcast = Broadcast(settings.redis_url, interrupt_strict_on_reconnect=True)
     await broadcast.connect()
     provider = provider or build_market_provider(settings)
     demand = QuoteDemand(redis)

@@ -84,6 +84,7 @@ class Feed:
         self.poll_interval = poll_interval
         self.subscribed: set[str] = set()
         self.published = 0
+        self.dropped = 0
 
     async def wanted(self) -> set[str]:
         now = time.time()
@@ -107,10 +108,17 @@ class Feed:
     async def _forward(self, stream: QuoteStream) -> None:
         async for quote in stream.quotes():
             payload = codec.quote_to_dict(quote)
-            await self.redis.set(
-                QUOTE_KEY.format(quote.symbol), json.dumps(payload), ex=LAST_QUOTE_TTL_SECONDS
-            )
-            await self.publisher.publish(quote_channel(quote.symbol), payload)
+            try:
+                await self.redis.set(
+                    QUOTE_KEY.format(quote.symbol), json.dumps(payload), ex=LAST_QUOTE_TTL_SECONDS
+                )
+                await self.publisher.publish(quote_channel(quote.symbol), payload)
+            except Exception:
+                # Redis is away: this quote is lost, the next one (a second later) is not.
+                self.dropped += 1
+                if self.dropped % 100 == 1:
+                    log.warning("feed could not publish quotes", exc_info=True)
+                continue
             self.published += 1
 
     async def run(self) -> None:
