@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dataloaders.fills_by_order_id import FillsByOrderIdLoader
+from dataloaders.order_by_id import OrderByIdLoader
 from dataloaders.quote_by_symbol import QuoteBySymbolLoader
 from db.engine import Database
 from domain.auth.actor import Actor
@@ -13,7 +15,13 @@ from domain.market.service import MarketService
 @dataclass
 class Loaders:
     quote_by_symbol: QuoteBySymbolLoader
+    order_by_id: OrderByIdLoader
+    fills_by_order_id: FillsByOrderIdLoader
 
 
 def build_loaders(db: Database, actor: Actor | None, market: MarketService) -> Loaders:
-    return Loaders(quote_by_symbol=QuoteBySymbolLoader(market))
+    return Loaders(
+        quote_by_symbol=QuoteBySymbolLoader(market),
+        order_by_id=OrderByIdLoader(db, actor),
+        fills_by_order_id=FillsByOrderIdLoader(db, actor),
+    )

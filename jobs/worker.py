@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from arq.connections import RedisSettings
 
 from db.repositories import users
 from domain.auth.mail import LogMailSender
+from domain.trading.paper import PaperMatcher
 from kianax.settings import load_settings
 from kianax.wiring import services
 
@@ -23,9 +25,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["services"] = await stack.enter_async_context(services(load_settings()))
     ctx["exit_stack"] = stack
     ctx["mailer"] = LogMailSender()
+    svc = ctx["services"]
+    matcher = PaperMatcher(svc.db, svc.trading, svc.broadcast, svc.quote_demand)
+    ctx["paper_matcher"] = asyncio.create_task(matcher.run())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    ctx["paper_matcher"].cancel()
     await ctx["exit_stack"].aclose()
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
@@ -17,6 +19,7 @@ from domain.auth.service import AuthService
 from domain.market.feed import QuoteDemand
 from domain.market.models import MarketDataProvider
 from domain.market.service import MarketService
+from domain.trading.service import TradingService
 from kianax.broadcast import Broadcast
 from kianax.logs import route_library_loggers
 from kianax.settings import Settings
@@ -48,13 +51,18 @@ class Services:
     quote_demand: QuoteDemand
     jobs: ArqRedis
     auth: AuthService
+    trading: TradingService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
 async def services(
-    settings: Settings, *, provider: MarketDataProvider | None = None
+    settings: Settings,
+    *,
+    provider: MarketDataProvider | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Services]:
+    """`provider` and `clock` replace the configured market and the wall clock (tests)."""
     if not settings.redis_url:
         raise RuntimeError("KIANAX_REDIS_URL is not set")
     db = Database(
@@ -76,16 +84,19 @@ async def services(
             "send_email", str(user_id), str(message_id), _job_id=f"email:{message_id}"
         )
 
+    now = clock or (lambda: datetime.now(UTC))
+    market = MarketService(provider, redis, clock=now)
     svc = Services(
         settings=settings,
         db=db,
         redis=redis,
         broadcast=broadcast,
         provider=provider,
-        market=MarketService(provider, redis),
+        market=market,
         quote_demand=demand,
         jobs=jobs,
         auth=AuthService(settings, redis, enqueue_email=enqueue_email),
+        trading=TradingService(market, broadcast, Decimal(settings.paper_starting_cash), clock=now),
     )
     svc._tasks.append(asyncio.create_task(demand.keep_alive()))
     try:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from domain.auth.service import AuthService, Client
     from domain.market.feed import QuoteDemand
     from domain.market.service import MarketService
+    from domain.trading.service import TradingService
     from kianax.broadcast import Broadcast
     from kianax.settings import Settings
 
@@ -30,6 +31,7 @@ class Context:
     broadcast: Broadcast
     market: MarketService
     quote_demand: QuoteDemand
+    trading: TradingService
     loaders: Loaders
     auth: AuthService
     client: Client

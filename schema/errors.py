@@ -31,6 +31,12 @@ class BadInput(PublicError):
     code = "BAD_USER_INPUT"
 
 
+class SubscriptionLost(PublicError):
+    """The stream fell behind or lost events: the client resubscribes and refetches."""
+
+    code = "SUBSCRIPTION_LOST"
+
+
 @strawberry.interface
 class UserError:
     code: str

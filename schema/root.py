@@ -21,23 +21,24 @@ from kianax.logs import request_id_var
 from schema.limits import CredentialMutationsAlone, RequestBudget
 from schema.roots.auth import AuthMutation, AuthQuery
 from schema.roots.market import MarketQuery, MarketSubscription
+from schema.roots.trading import TradingMutation, TradingQuery, TradingSubscription
 
 log = logging.getLogger("kianax.graphql")
 
 
 # Each area contributes its root fields; the roots are their union.
 @strawberry.type
-class Query(AuthQuery, MarketQuery):
+class Query(AuthQuery, MarketQuery, TradingQuery):
     pass
 
 
 @strawberry.type
-class Mutation(AuthMutation):
+class Mutation(AuthMutation, TradingMutation):
     pass
 
 
 @strawberry.type
-class Subscription(MarketSubscription):
+class Subscription(MarketSubscription, TradingSubscription):
     pass
 
 

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +100,27 @@ async def owner_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def market() -> SimulatedMarket:
-    return SimulatedMarket(seed=7, tick_interval=0.05)
+# Tests run on a Wednesday morning, 10:00 New York time, whatever day it really is; the
+# clock moves on with real time so that ticks, fills and expiries still happen in order.
+TEST_EPOCH = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")
-async def app(settings: Settings, market: SimulatedMarket) -> AsyncIterator[Starlette]:
-    app = create_app(settings, provider=market)
+def clock() -> Callable[[], datetime]:
+    started = time.monotonic()
+    return lambda: TEST_EPOCH + timedelta(seconds=time.monotonic() - started)
+
+
+@pytest.fixture(scope="session")
+def market(clock: Callable[[], datetime]) -> SimulatedMarket:
+    return SimulatedMarket(seed=7, clock=clock, tick_interval=0.05)
+
+
+@pytest.fixture(scope="session")
+async def app(
+    settings: Settings, market: SimulatedMarket, clock: Callable[[], datetime]
+) -> AsyncIterator[Starlette]:
+    app = create_app(settings, provider=market, clock=clock)
     async with app.router.lifespan_context(app):
         yield app
 

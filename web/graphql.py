@@ -57,6 +57,7 @@ class KianaxGraphQL(GraphQL[Context, None]):
             broadcast=svc.broadcast,
             market=svc.market,
             quote_demand=svc.quote_demand,
+            trading=svc.trading,
             loaders=build_loaders(svc.db, auth.actor, svc.market),
             auth=svc.auth,
             client=client,

@@ -10,16 +10,23 @@ from db.models.auth import (
     RefreshToken,
     TotpSecret,
 )
+from db.models.trading import Account, Fill, Order, PortfolioSnapshot, Position, RiskLimitsRow
 from db.models.user import User
 
 __all__ = [
+    "Account",
     "ApiToken",
     "AuditEvent",
     "AuthSession",
     "EmailOutbox",
+    "Fill",
     "OneTimeToken",
+    "Order",
+    "PortfolioSnapshot",
+    "Position",
     "RecoveryCode",
     "RefreshToken",
+    "RiskLimitsRow",
     "TotpSecret",
     "User",
 ]
