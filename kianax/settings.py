@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -63,6 +64,12 @@ class Settings(BaseSettings):
     log_json: bool = True
 
     market_seed: int = 42
+    # Run the simulated market (and trading's clock) from this instant onwards, moving with
+    # real time: a weekend demo or benchmark can trade a Wednesday session.
+    simulated_time_start: datetime | None = None
+    # The wall-clock instant at which the simulated clock read simulated_time_start; `kianax
+    # run` sets it for its children so API, worker and feed share one clock.
+    simulated_time_anchor: datetime | None = None
     massive_api_key: str | None = None
     massive_rest_url: str | None = None
     massive_ws_url: str | None = None

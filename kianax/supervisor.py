@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from kianax.bootstrap import ensure_demo_account
 from kianax.migrate import migrate
@@ -66,6 +67,8 @@ def run_all(settings: Settings) -> int:
     try:
         with embedded_servers(settings) as urls:
             env = {**os.environ, **urls}
+            if settings.simulated_time_start and not settings.simulated_time_anchor:
+                env["KIANAX_SIMULATED_TIME_ANCHOR"] = datetime.now(UTC).isoformat()
             configured = settings.model_copy(
                 update={
                     "database_url": env.get("KIANAX_DATABASE_URL"),

@@ -25,7 +25,15 @@ from kianax.logs import route_library_loggers
 from kianax.settings import Settings
 
 
-def build_market_provider(settings: Settings) -> MarketDataProvider:
+def shifted_clock(start: datetime, anchor: datetime | None = None) -> Callable[[], datetime]:
+    """A clock that read `start` at wall-clock `anchor` (default: now) and runs in real time."""
+    offset = start - (anchor or datetime.now(UTC))
+    return lambda: datetime.now(UTC) + offset
+
+
+def build_market_provider(
+    settings: Settings, clock: Callable[[], datetime] | None = None
+) -> MarketDataProvider:
     if settings.massive_api_key:
         from domain.market.massive import MassiveMarket
 
@@ -37,7 +45,7 @@ def build_market_provider(settings: Settings) -> MarketDataProvider:
         )
     from domain.market.simulated import SimulatedMarket
 
-    return SimulatedMarket(seed=settings.market_seed)
+    return SimulatedMarket(seed=settings.market_seed, clock=clock)
 
 
 @dataclass
@@ -75,7 +83,9 @@ async def services(
     # silently skip what was published while Redis was away; quotes simply carry on.
     broadcast = Broadcast(settings.redis_url, interrupt_strict_on_reconnect=True)
     await broadcast.connect()
-    provider = provider or build_market_provider(settings)
+    if clock is None and settings.simulated_time_start and not settings.massive_api_key:
+        clock = shifted_clock(settings.simulated_time_start, settings.simulated_time_anchor)
+    provider = provider or build_market_provider(settings, clock)
     demand = QuoteDemand(redis)
     jobs = await create_pool(RedisSettings.from_dsn(settings.redis_url))
 
