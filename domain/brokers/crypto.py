@@ -116,17 +116,13 @@ class KeyRing:
 
 def seal(ring: KeyRing, plaintext: str, *, user_id: UUID, connection_id: UUID) -> SealedSecret:
     data_key = AESGCM.generate_key(bit_length=_KEY_BYTES * 8)
-    ciphertext = _encrypt(
-        AESGCM(data_key), plaintext.encode(), _secret_aad(user_id, connection_id)
-    )
+    ciphertext = _encrypt(AESGCM(data_key), plaintext.encode(), _secret_aad(user_id, connection_id))
     key_id = ring.current_id
     wrapped = ring._wrap(data_key, _data_key_aad(key_id, user_id, connection_id))
     return SealedSecret(key_id=key_id, wrapped_key=wrapped, ciphertext=ciphertext)
 
 
-def open_sealed(
-    ring: KeyRing, sealed: SealedSecret, *, user_id: UUID, connection_id: UUID
-) -> str:
+def open_sealed(ring: KeyRing, sealed: SealedSecret, *, user_id: UUID, connection_id: UUID) -> str:
     data_key = ring._unwrap(
         sealed.key_id, sealed.wrapped_key, _data_key_aad(sealed.key_id, user_id, connection_id)
     )
