@@ -183,6 +183,22 @@ async def orders_placed_since(session: AsyncSession, user_id: uuid.UUID, since: 
     return int(count or 0)
 
 
+async def agent_orders_since(
+    session: AsyncSession, user_id: uuid.UUID, agent_id: uuid.UUID, since: datetime
+) -> int:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Order)
+        .where(
+            Order.user_id == user_id,
+            Order.agent_id == agent_id,
+            Order.submitted_at >= since,
+            Order.parent_id.is_(None),
+        )
+    )
+    return int(count or 0)
+
+
 async def day_trades_since(session: AsyncSession, user_id: uuid.UUID, since: datetime) -> int:
     """Sessions x symbols in which the user both bought and sold (New York dates)."""
     count = await session.scalar(

@@ -10,7 +10,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
@@ -247,6 +247,13 @@ class Valuation:
 # ------------------------------------------------------------------ the engine
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    order: Order
+    checks: tuple[risk.RiskCheck, ...]  # every rule evaluated, agent's first
+    reduced_from: OrderRequest | None = None  # an agent's BUY shrunk to fit its allocation
+
+
 @dataclass
 class TradingService:
     market: MarketService
@@ -335,9 +342,30 @@ class TradingService:
         execution_id: uuid.UUID | None = None,
         parent_id: uuid.UUID | None = None,
     ) -> Order:
+        placement = await self.place(
+            uow,
+            req,
+            queue_when_closed=queue_when_closed,
+            execution_id=execution_id,
+            parent_id=parent_id,
+        )
+        return placement.order
+
+    async def place(
+        self,
+        uow: UnitOfWork,
+        req: OrderRequest,
+        *,
+        queue_when_closed: bool = True,
+        execution_id: uuid.UUID | None = None,
+        parent_id: uuid.UUID | None = None,
+        agent_limits: risk.AgentLimits | None = None,
+    ) -> Placement:
         """Validate, dedupe by clientOrderId, risk-check, reserve, and accept one order.
 
-        Exit legs (`parent_id` set: bracket children and protective stops) protect a
+        An agent's order (`agent_limits` given) passes the agent's own limits first -- a BUY
+        beyond its allocation is shrunk to fit, or refused when nothing fits -- and then the
+        user's. Exit legs (`parent_id` set: bracket children and protective stops) protect a
         position the parent's checks already approved; they are validated but not checked
         again, and the pair counts once as an open sell.
         """
@@ -355,7 +383,7 @@ class TradingService:
         request_hash = _request_hash(req)
         existing = await repo.order_by_client_id(uow.session, user_id, client_order_id)
         if existing is not None:
-            return self._same_or_duplicate(existing, request_hash)
+            return Placement(self._same_or_duplicate(existing, request_hash), ())
         details = await self.market.details(symbol)
         if quote is None:
             raise OrderInvalid("symbol", f"there is no current price for {symbol}")
@@ -373,8 +401,21 @@ class TradingService:
             queue_when_closed=queue_when_closed,
             commission=self.paper.commission,
         )
+        agent_checks: tuple[risk.RiskCheck, ...] = ()
+        reduced_from: OrderRequest | None = None
+        if agent_limits is not None and req.agent_id is not None and parent_id is None:
+            agent = await self._agent_snapshot(uow, req.agent_id, snapshot.equity, now)
+            fitted = risk.shrink_to_allocation(ctx, agent, agent_limits)
+            if fitted is not None and fitted != req:
+                reduced_from, req = req, fitted
+                ctx = replace(ctx, request=req)
+            agent_decision = risk.check_agent(ctx, agent, agent_limits)
+            agent_checks = agent_decision.checks
+            if not agent_decision.approved:
+                await self._reject(uow, req, agent_decision, snapshot, now)
         limits = self.limits_of(await self.limits(uow))
         decision = risk.check(ctx, snapshot, limits)
+        decision = replace(decision, checks=agent_checks + decision.checks)
         if parent_id is not None:
             decision = risk.RiskDecision(True, None, "exit leg", decision.checks, ZERO)
         elif not decision.approved:
@@ -424,7 +465,7 @@ class TradingService:
             raced = await repo.order_by_client_id(uow.session, user_id, client_order_id)
             if raced is None:
                 raise
-            return self._same_or_duplicate(raced, request_hash)
+            return Placement(self._same_or_duplicate(raced, request_hash), ())
         await audit.record(
             uow.session,
             "order.placed",
@@ -447,7 +488,7 @@ class TradingService:
         self._emit(uow, order)
         accepted = order_snapshot(order)
         uow.after_commit(lambda: self.publisher.publish(NEW_ORDERS_CHANNEL, accepted))
-        return order
+        return Placement(order, decision.checks, reduced_from)
 
     def _same_or_duplicate(self, existing: Order, request_hash: str) -> Order:
         if existing.request_hash != request_hash:
@@ -530,6 +571,32 @@ class TradingService:
             trades_today=await repo.orders_placed_since(uow.session, _user(uow), session_start),
             day_trades_last_5_sessions=await repo.day_trades_since(
                 uow.session, _user(uow), five_sessions_ago
+            ),
+        )
+
+    async def _agent_snapshot(
+        self, uow: UnitOfWork, agent_id: uuid.UUID, equity: Decimal, now: datetime
+    ) -> risk.AgentSnapshot:
+        account = await self.account(uow)
+        holdings = {
+            p.symbol: risk.AgentHolding(p.quantity, p.cost_basis)
+            for p in await repo.positions(uow.session, account.id)
+            if p.agent_id == agent_id
+        }
+        mine = [
+            o for o in await repo.open_orders(uow.session, _user(uow)) if o.agent_id == agent_id
+        ]
+        open_buys: dict[str, Decimal] = {}
+        for order in mine:
+            if order.side is OrderSide.BUY:
+                _add_open(open_buys, {}, order)
+        return risk.AgentSnapshot(
+            equity=equity,
+            positions=holdings,
+            reserved=sum((o.reserved for o in mine), ZERO),
+            open_buy_quantity=open_buys,
+            trades_today=await repo.agent_orders_since(
+                uow.session, _user(uow), agent_id, _session_start(now)
             ),
         )
 
