@@ -50,6 +50,7 @@ def migrate(settings: Settings) -> None:
     """Blocking; call from a thread when an event loop is running."""
     if not settings.database_url:
         raise RuntimeError("KIANAX_DATABASE_URL is not set")
-    command.upgrade(alembic_config(settings.database_url), "head")
+    # "heads": areas may add migrations on parallel branches; all of them apply.
+    command.upgrade(alembic_config(settings.database_url), "heads")
     if not settings.app_database_url:  # an operator-provided runtime URL manages its own role
         asyncio.run(_enable_app_login(settings))
