@@ -46,7 +46,7 @@ async def test_two_clients_get_the_same_quotes_from_one_feed(
         await bob.subscribe(QUOTES, {"s": ["AAPL"]})
         a = [(await alice.next_data())["quotes"] for _ in range(8)]
         b = [(await bob.next_data())["quotes"] for _ in range(8)]
-        assert feed.subscribed == {"AAPL"}
+        assert "AAPL" in feed.subscribed  # (the paper matcher may hold demand for more)
     assert {q["symbol"] for q in a + b} == {"AAPL"}
     # Both saw the same published quotes (each may have joined a tick apart).
     shared = {q["timestamp"] for q in a[2:]} & {q["timestamp"] for q in b[2:]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
 
@@ -15,19 +16,25 @@ from domain.trading.paper import PaperMatcher
 from tests.conftest import SignedIn
 from tests.trading.conftest import PORTFOLIO, place, wait_for_status
 
+_counting: ContextVar[list[str] | None] = ContextVar("counting", default=None)
+
 
 @contextlib.contextmanager
 def counting_statements(engine: Engine) -> Iterator[list[str]]:
+    """Statements run on behalf of this task only (the paper matcher shares the engine)."""
     statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        if _counting.get() is statements:
+            statements.append(statement)
 
+    token = _counting.set(statements)
     event.listen(engine, "before_cursor_execute", record)
     try:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        _counting.reset(token)
 
 
 async def test_portfolio_sql_count_does_not_grow_with_positions(
