@@ -10,11 +10,14 @@ from typing import TypeVar
 import strawberry
 
 from db.engine import UnitOfWork
+from domain import audit
 from domain.auth import service as auth
 from domain.auth.actor import Actor, AuthMethod, Scope
+from schema import audit as audit_types
 from schema import auth as types
 from schema.context import Context, Info
-from schema.errors import Forbidden, RateLimited, UserError, ValidationError
+from schema.errors import BadInput, Forbidden, RateLimited, UserError, ValidationError
+from schema.market import PageInfo
 
 T = TypeVar("T")
 
@@ -256,3 +259,30 @@ async def api_tokens(info: Info) -> list[types.ApiToken]:
     async with ctx.db.transaction(actor.user_id) as uow:
         rows = await ctx.auth.api_tokens(uow, actor)
     return [types.ApiToken.from_row(row) for row in rows]
+
+
+async def audit_log(
+    info: Info, first: int = 50, after: str | None = None
+) -> audit_types.AuditEventConnection:
+    ctx = info.context
+    actor = ctx.require_actor(Scope.READ)
+    if not 1 <= first <= 100:
+        raise BadInput("first must be between 1 and 100")
+    try:
+        after_seq = None if after is None else int(after)
+    except ValueError:
+        raise BadInput("after is not a cursor from this API") from None
+    async with ctx.db.transaction(actor.user_id) as uow:
+        rows = await audit.events_for(
+            uow.session, actor.user_id, after_seq=after_seq, limit=first + 1
+        )
+    edges = [
+        audit_types.AuditEventEdge(cursor=str(r.seq), node=audit_types.AuditEvent.from_row(r))
+        for r in rows[:first]
+    ]
+    return audit_types.AuditEventConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=len(rows) > first, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.models import AuditEvent
 from db.repositories import audit as repo
 
 GENESIS_HASH = "0" * 64
@@ -31,6 +33,13 @@ async def record(
         entity_id=None if entity_id is None else str(entity_id),
         payload=payload or {},
     )
+
+
+async def events_for(
+    session: AsyncSession, user_id: uuid.UUID, *, after_seq: int | None, limit: int
+) -> Sequence[AuditEvent]:
+    """The user's own events, newest first, older than `after_seq` when given."""
+    return await repo.list_for_user(session, user_id, after_seq=after_seq, limit=limit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ import strawberry
 
 from resolvers import auth
 from schema import auth as types
+from schema.audit import AuditEventConnection
 
 
 @strawberry.type
@@ -11,6 +12,7 @@ class AuthQuery:
     me: types.User | None = strawberry.field(resolver=auth.me)
     sessions: list[types.Session] = strawberry.field(resolver=auth.sessions)
     api_tokens: list[types.ApiToken] = strawberry.field(resolver=auth.api_tokens)
+    audit_log: AuditEventConnection = strawberry.field(resolver=auth.audit_log)
 
 
 @strawberry.type

@@ -86,3 +86,18 @@ async def test_rls_blocks_reading_users_without_a_user(
     async with owner_engine.connect() as connection:
         await connection.execute(text("SET ROLE kianax_app"))
         assert await connection.scalar(select(func.count()).select_from(User)) == 0
+
+
+async def test_audit_log_shows_only_my_events(signup: Any) -> None:
+    alice: SignedIn = await signup()
+    bob: SignedIn = await signup()
+    query = "{ auditLog(first: 50) { edges { cursor node { kind entity hash payload } } } }"
+    alice_events = (await alice.gql(query))["data"]["auditLog"]["edges"]
+    bob_events = (await bob.gql(query))["data"]["auditLog"]["edges"]
+    assert [e["node"]["kind"] for e in alice_events] == ["auth.registered"]
+    assert len(alice_events[0]["node"]["hash"]) == 64
+    assert {e["node"]["hash"] for e in alice_events}.isdisjoint(
+        {e["node"]["hash"] for e in bob_events}
+    )
+    anonymous = await alice.gql.http.post("/graphql", json={"query": query})
+    assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
