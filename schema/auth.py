@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
@@ -11,7 +12,11 @@ from db.models import ApiToken as ApiTokenRow
 from db.models import AuthSession
 from db.models import User as UserRow
 from domain.auth.actor import Scope
+from schema.context import Info
 from schema.errors import RateLimited, UserError, ValidationError
+
+if TYPE_CHECKING:
+    from schema.trading import RiskLimits
 
 
 @strawberry.interface
@@ -28,6 +33,16 @@ class User(Node):
     email_verified: bool
     two_factor_enabled: bool
     created_at: datetime
+
+    @strawberry.field
+    async def risk_limits(
+        self, info: Info
+    ) -> Annotated[RiskLimits, strawberry.lazy("schema.trading")]:
+        from schema.trading import RiskLimits
+
+        ctx = info.context
+        async with ctx.db.transaction(uuid.UUID(self.id)) as uow:
+            return RiskLimits.from_row(await ctx.trading.limits(uow))
 
     @classmethod
     def from_row(cls, row: UserRow) -> User:

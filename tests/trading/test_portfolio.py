@@ -88,3 +88,13 @@ async def test_portfolio_is_per_user(signup: Any, paper_broker: PaperMatcher) ->
     assert bobs["positions"] == [] and Decimal(bobs["cash"]) == 100000
     history = (await bob.gql("{ portfolio { history(range: ALL) { equity } } }"))["data"]
     assert [Decimal(p["equity"]) for p in history["portfolio"]["history"]] == [100000]
+
+
+async def test_me_shows_my_risk_limits(signup: Any) -> None:
+    user: SignedIn = await signup()
+    await user.gql('mutation { updateRiskLimits(input: {maxDailyTrades: 7}) { __typename } }')
+    other: SignedIn = await signup()
+    mine = (await user.gql("{ me { riskLimits { maxDailyTrades allowShort } } }"))["data"]
+    theirs = (await other.gql("{ me { riskLimits { maxDailyTrades } } }"))["data"]
+    assert mine["me"]["riskLimits"] == {"maxDailyTrades": 7, "allowShort": False}
+    assert theirs["me"]["riskLimits"] == {"maxDailyTrades": None}
