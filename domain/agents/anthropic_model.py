@@ -33,6 +33,7 @@ from domain.agents.llm import (
     DECISION_SCHEMA,
     DECISION_SCHEMA_NAME,
     MAX_OUTPUT_TOKENS,
+    HostedModel,
     cost_usd,
     parse_decision,
     render_prompt,
@@ -46,26 +47,10 @@ _TOOL_DESCRIPTION = (
 )
 
 
-class AnthropicDecisionModel:
-    """A DecisionModel on one user's Anthropic key. `base_url` points it at another
-    endpoint (or a test's fake)."""
+class AnthropicDecisionModel(HostedModel):
+    """A DecisionModel on one user's Anthropic key."""
 
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        base_url: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = 3,
-    ) -> None:
-        # An empty key would make the SDK fall back to ANTHROPIC_API_KEY: the platform's
-        # own key must never be billed for a user's agent.
-        if not api_key:
-            raise ValueError("an Anthropic API key is required")
-        self._api_key = api_key
-        self._base_url = base_url
-        self._timeout = timeout
-        self._max_retries = max_retries
+    provider = "Anthropic"
 
     async def decide(
         self, strategy: str, context: DecisionContext, settings: LlmSettings

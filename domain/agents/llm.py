@@ -394,3 +394,29 @@ def _decimal(value: object, path: str) -> Decimal | None:
 
 def _invalid(path: str, reason: str) -> ModelInvalidOutput:
     return ModelInvalidOutput(f"{path} {reason}")
+
+
+class HostedModel:
+    """What both hosted models share: one user's key and how to reach the provider.
+
+    `base_url` points the SDK at another endpoint (or a test's fake).
+    """
+
+    provider = "a hosted model"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+    ) -> None:
+        # An empty key would make the SDK fall back to its environment variable: the
+        # platform's own key must never be billed for a user's agent.
+        if not api_key:
+            raise ValueError(f"an {self.provider} API key is required")
+        self._api_key = api_key
+        self._base_url = base_url
+        self._timeout = timeout
+        self._max_retries = max_retries

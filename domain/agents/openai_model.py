@@ -31,6 +31,7 @@ from domain.agents.llm import (
     DECISION_SCHEMA,
     DECISION_SCHEMA_NAME,
     MAX_OUTPUT_TOKENS,
+    HostedModel,
     cost_usd,
     parse_decision,
     render_prompt,
@@ -39,26 +40,10 @@ from domain.agents.llm import (
 __all__ = ["OpenAIDecisionModel"]
 
 
-class OpenAIDecisionModel:
-    """A DecisionModel on one user's OpenAI key. `base_url` points it at an
-    OpenAI-compatible endpoint (or a test's fake)."""
+class OpenAIDecisionModel(HostedModel):
+    """A DecisionModel on one user's OpenAI key."""
 
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        base_url: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = 3,
-    ) -> None:
-        # An empty key would make the SDK fall back to OPENAI_API_KEY: the platform's
-        # own key must never be billed for a user's agent.
-        if not api_key:
-            raise ValueError("an OpenAI API key is required")
-        self._api_key = api_key
-        self._base_url = base_url
-        self._timeout = timeout
-        self._max_retries = max_retries
+    provider = "OpenAI"
 
     async def decide(
         self, strategy: str, context: DecisionContext, settings: LlmSettings
