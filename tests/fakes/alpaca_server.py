@@ -18,24 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from tests.fakes.threaded import ThreadedServer
 
 Json = dict[str, Any]
 _T = TypeVar("_T")
@@ -147,8 +145,11 @@ class _Connection:
             await self.socket.send_bytes(json.dumps(message).encode())
 
 
-class FakeAlpaca:
+class FakeAlpaca(ThreadedServer):
+    name = "fake Alpaca"
+
     def __init__(self, *, page_size: int = 500) -> None:
+        super().__init__()
         # Caps every requested page of GET /v2/orders, so a test can force paging.
         self.page_size = page_size
         self.accounts: dict[str, FakeAccount] = {}
@@ -156,10 +157,6 @@ class FakeAlpaca:
         self._connections: dict[int, _Connection] = {}
         self._connection_count = 0
         self._last_stamp = datetime(2000, 1, 1, tzinfo=UTC)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
 
     @property
     def rest_url(self) -> str:
@@ -223,49 +220,6 @@ class FakeAlpaca:
     @property
     def connection_count(self) -> int:
         return self._connection_count
-
-    async def wait_for(self, condition: Callable[[], bool]) -> None:
-        """Poll until `condition()` holds; the fake works asynchronously."""
-        deadline = time.monotonic() + _WAIT_SECONDS
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the fake Alpaca server never reached the expected state")
-            await asyncio.sleep(0.02)
-
-    # --- lifecycle --------------------------------------------------------------------
-
-    def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(sock),), name="fake-alpaca", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake Alpaca server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-
-    async def _serve(self, sock: socket.socket) -> None:
-        self._loop = asyncio.get_running_loop()
-        assert self._server is not None
-        await self._server.serve(sockets=[sock])
-
-    async def _on_server_loop(self, work: Coroutine[Any, Any, _T]) -> _T:
-        assert self._loop is not None, "start() the fake first"
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
 
     # --- the app ----------------------------------------------------------------------
 
