@@ -184,7 +184,7 @@ def check(ctx: OrderContext, account: AccountSnapshot, limits: RiskLimits) -> Ri
         account.open_buy_quantity.get(req.symbol, Decimal(0)),
         account.open_sell_quantity.get(req.symbol, Decimal(0)),
     )
-    value = abs(after) * ctx.reference_price
+    value = _dollars(abs(after) * ctx.reference_price)
     shrinks = abs(after) <= abs(before)
     if limits.max_position_value is not None:
         checks.append(
@@ -240,6 +240,12 @@ def _quantity(req: OrderRequest, price: Decimal) -> Decimal:
     if req.notional is None:
         raise ValueError("an order needs a quantity or a notional: validate_order first")
     return req.notional / price
+
+
+def _dollars(value: Decimal) -> Decimal:
+    # A notional order's shares are notional / price: multiplied back, the last of 28
+    # digits can land a hair above the notional ($5,000 would fail a $5,000 limit).
+    return value.quantize(Decimal("0.01"))
 
 
 def _projection(
@@ -424,7 +430,7 @@ def check_agent(ctx: OrderContext, agent: AgentSnapshot, limits: AgentLimits) ->
             agent.open_buy_quantity.get(req.symbol, Decimal(0)),
             Decimal(0),
         )
-        value = abs(after) * ctx.reference_price
+        value = _dollars(abs(after) * ctx.reference_price)
         checks.append(
             RiskCheck(
                 Rule.AGENT_MAX_POSITION_VALUE,

@@ -383,3 +383,21 @@ def test_shrink_finds_the_largest_size_that_fits(
     if shrunk.quantity < quantity:
         bigger = replace(shrunk, quantity=shrunk.quantity + step)
         assert estimate_cost(bigger, price, fee) > available
+
+
+def test_notional_buy_at_the_limit_passes_max_position_value() -> None:
+    # $5,000 / price * price can exceed $5,000 in the 28th digit for many prices.
+    for cents in range(10_000, 20_000, 7):
+        price = Decimal(cents) / 100
+        ctx = OrderContext(
+            request=OrderRequest("AAPL", OrderSide.BUY, notional=Decimal("5000")),
+            reference_price=price,
+            tradable=True,
+            market_open=True,
+        )
+        decision = check(
+            ctx,
+            AccountSnapshot(buying_power=Decimal(100_000), equity=Decimal(100_000)),
+            RiskLimits(max_position_value=Decimal(5000)),
+        )
+        assert decision.approved, (price, decision.message)
