@@ -10,10 +10,14 @@ from typing import Any
 
 from arq import cron
 from arq.connections import RedisSettings
+from arq.worker import func
 
 from db.repositories import users
+from domain.agents.watcher import TriggerWatcher
 from domain.auth.mail import LogMailSender
+from domain.brokers.streams import BrokerStreams
 from domain.trading.paper import PaperMatcher
+from jobs import agents, brokers
 from kianax.settings import load_settings
 from kianax.wiring import services
 
@@ -28,10 +32,24 @@ async def startup(ctx: dict[str, Any]) -> None:
     svc = ctx["services"]
     matcher = PaperMatcher(svc.db, svc.trading, svc.broadcast, svc.quote_demand)
     ctx["paper_matcher"] = asyncio.create_task(matcher.run())
+    watcher = TriggerWatcher(
+        svc.db,
+        svc.market,
+        svc.broadcast,
+        svc.quote_demand,
+        svc.agents.enqueue_run,
+        clock=svc.trading.clock,
+    )
+    ctx["trigger_watcher"] = asyncio.create_task(watcher.run())
+    # With several workers each applies every trade event; that is harmless (fills are
+    # deduplicated by execution id, statuses only move forward), it only costs streams.
+    ctx["broker_streams"] = asyncio.create_task(BrokerStreams(svc.brokers).run())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["paper_matcher"].cancel()
+    ctx["trigger_watcher"].cancel()
+    ctx["broker_streams"].cancel()
     await ctx["exit_stack"].aclose()
 
 
@@ -52,8 +70,22 @@ async def heartbeat(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    functions = [send_email]
-    cron_jobs = [cron(heartbeat, second={0, 30}, run_at_startup=True)]
+    functions = [
+        send_email,
+        func(agents.run_agent, timeout=agents.RUN_TIMEOUT_SECONDS, max_tries=agents.MAX_TRIES),
+        *brokers.FUNCTIONS,
+    ]
+    cron_jobs = [
+        cron(heartbeat, second={0, 30}, run_at_startup=True),
+        cron(agents.schedule_time_triggers, second=0),
+        # At start-up too: trade events that came while no worker listened are not replayed.
+        cron(
+            brokers.reconcile_brokers,
+            minute=set(range(0, 60, 5)),
+            second=0,
+            run_at_startup=True,
+        ),
+    ]
     on_startup = startup
     on_shutdown = shutdown
     job_timeout = 120

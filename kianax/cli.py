@@ -1,4 +1,4 @@
-"""`kianax run | api | worker | feed | migrate | schema | audit-verify`."""
+"""`kianax run | api | worker | feed | migrate | schema | audit-verify | rewrap-keys`."""
 
 from __future__ import annotations
 
@@ -48,7 +48,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.redis_url:
         raise SystemExit("KIANAX_REDIS_URL is not set")
-    run_worker(WorkerSettings, redis_settings=redis_settings(settings.redis_url))  # type: ignore[arg-type]
+    run_worker(
+        WorkerSettings,  # type: ignore[arg-type]
+        redis_settings=redis_settings(settings.redis_url),
+        queue_name=settings.job_queue,
+    )
     return 0
 
 
@@ -119,6 +123,35 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_rewrap_keys(args: argparse.Namespace) -> int:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from domain.brokers.crypto import KeyRing
+    from domain.brokers.keys import rewrap_all
+
+    settings = _settings()
+    if not settings.database_url:
+        raise SystemExit("KIANAX_DATABASE_URL is not set")
+    owner_url = settings.database_url
+    ring = KeyRing.from_base64(settings.master_key_ring)
+
+    async def main() -> int:
+        engine = create_async_engine(owner_url)
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                report = await rewrap_all(session, ring)
+        finally:
+            await engine.dispose()
+        for table, count in report.items():
+            print(
+                f"{table}: {count.rewrapped} re-wrapped under {ring.current_id!r}, "
+                f"{count.already_current} already were, {count.failed} failed"
+            )
+        return 1 if any(count.failed for count in report.values()) else 0
+
+    return asyncio.run(main())
+
+
 class _graceful:
     """Turn SIGTERM into KeyboardInterrupt so `finally` blocks run on a polite stop."""
 
@@ -150,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     schema = sub.add_parser("schema", help="export schema.graphql from the code")
     schema.add_argument("--check", action="store_true", help="fail if the file is out of date")
     sub.add_parser("audit-verify", help="verify the audit log's hash chain")
+    sub.add_parser(
+        "rewrap-keys", help="re-wrap every stored secret's data key under the current master key"
+    )
     args = parser.parse_args(argv)
     handler = {
         "run": cmd_run,
@@ -159,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": cmd_migrate,
         "schema": cmd_schema,
         "audit-verify": cmd_audit_verify,
+        "rewrap-keys": cmd_rewrap_keys,
     }[args.command]
     return handler(args)
 

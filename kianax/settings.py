@@ -48,6 +48,9 @@ class Settings(BaseSettings):
 
     # Unset -> `kianax run` starts an embedded Redis-compatible server.
     redis_url: str | None = None
+    # The arq queue the API enqueues to and workers take jobs from: deployments (or test
+    # runs) sharing one Redis keep their jobs apart with their own queue name.
+    job_queue: str = "arq:queue"
 
     # "kid:secret,kid:secret"; the first signs, all verify (rotation).
     jwt_keys: str = DEV_JWT_KEYS
@@ -70,6 +73,10 @@ class Settings(BaseSettings):
     # The wall-clock instant at which the simulated clock read simulated_time_start; `kianax
     # run` sets it for its children so API, worker and feed share one clock.
     simulated_time_anchor: datetime | None = None
+    # Replace Alpaca's REST root and trade-stream URL, for every connection (a proxy, or
+    # the local fake Alpaca in tests). Unset -> Alpaca's own, per paper or live keys.
+    alpaca_base_url: str | None = None
+    alpaca_stream_url: str | None = None
     massive_api_key: str | None = None
     massive_rest_url: str | None = None
     massive_ws_url: str | None = None

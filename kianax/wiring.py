@@ -15,11 +15,18 @@ from arq.connections import RedisSettings
 from redis.asyncio import Redis
 
 from db.engine import Database
+from domain.agents.execution import Executor, RunRequest
+from domain.agents.registry import ModelRegistry
+from domain.agents.service import AgentService
+from domain.auth.ratelimit import RateLimiter
 from domain.auth.service import AuthService
+from domain.brokers.crypto import KeyRing
+from domain.brokers.service import BrokerService, alpaca_factory
 from domain.market.feed import QuoteDemand
 from domain.market.models import MarketDataProvider
 from domain.market.service import MarketService
 from domain.trading.service import TradingService
+from jobs.brokers import BrokerJobs
 from kianax.broadcast import Broadcast
 from kianax.logs import route_library_loggers
 from kianax.settings import Settings
@@ -60,6 +67,8 @@ class Services:
     jobs: ArqRedis
     auth: AuthService
     trading: TradingService
+    agents: AgentService
+    brokers: BrokerService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -87,15 +96,44 @@ async def services(
         clock = shifted_clock(settings.simulated_time_start, settings.simulated_time_anchor)
     provider = provider or build_market_provider(settings, clock)
     demand = QuoteDemand(redis)
-    jobs = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    jobs = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.job_queue
+    )
 
     async def enqueue_email(user_id: uuid.UUID, message_id: uuid.UUID) -> None:
         await jobs.enqueue_job(
             "send_email", str(user_id), str(message_id), _job_id=f"email:{message_id}"
         )
 
+    async def enqueue_run(run: RunRequest) -> None:
+        # The job id makes a second enqueue of the same event (a retry, a second
+        # evaluator) a no-op while the first is known to arq; the execution row's
+        # UNIQUE (agent_id, event_key) makes it harmless forever after.
+        await jobs.enqueue_job("run_agent", run.to_job(), _job_id=run.job_id)
+
     now = clock or (lambda: datetime.now(UTC))
     market = MarketService(provider, redis, clock=now)
+    trading = TradingService(
+        market,
+        broadcast,
+        Decimal(settings.paper_starting_cash),
+        clock=now,
+        broker_orders=BrokerJobs(jobs),
+    )
+    auth = AuthService(settings, redis, enqueue_email=enqueue_email)
+    executor = Executor(
+        db,
+        market,
+        trading,
+        broadcast,
+        ModelRegistry(
+            openai_api_key=settings.openai_api_key,
+            openai_base_url=settings.openai_base_url,
+            anthropic_api_key=settings.anthropic_api_key,
+            anthropic_base_url=settings.anthropic_base_url,
+        ),
+        clock=now,
+    )
     svc = Services(
         settings=settings,
         db=db,
@@ -105,8 +143,27 @@ async def services(
         market=market,
         quote_demand=demand,
         jobs=jobs,
-        auth=AuthService(settings, redis, enqueue_email=enqueue_email),
-        trading=TradingService(market, broadcast, Decimal(settings.paper_starting_cash), clock=now),
+        auth=auth,
+        trading=trading,
+        agents=AgentService(
+            db,
+            redis,
+            market,
+            executor,
+            broadcast,
+            KeyRing.from_base64(settings.master_key_ring),
+            settings.url,
+            enqueue_run,
+            clock=now,
+        ),
+        brokers=BrokerService(
+            db,
+            trading,
+            auth,
+            KeyRing.from_base64(settings.master_key_ring),
+            RateLimiter(redis),
+            alpaca_factory(settings.alpaca_base_url, settings.alpaca_stream_url),
+        ),
     )
     svc._tasks.append(asyncio.create_task(demand.keep_alive()))
     try:

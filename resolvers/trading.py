@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 
@@ -86,7 +86,7 @@ async def place_order(info: Info, input: types.PlaceOrderInput) -> types.PlaceOr
     ctx = info.context
 
     async def act(uow: UnitOfWork) -> types.OrderPlaced:
-        return _placed(await ctx.trading.place_order(uow, _request(input)))
+        return _placed(await ctx.trading.place_order(uow, _request(input), broker=input.broker))
 
     return await _run(ctx, Scope.TRADE, act)  # type: ignore[return-value]
 
@@ -121,6 +121,16 @@ async def cancel_all_orders(info: Info) -> types.EmergencyResult:
     return await _run(ctx, Scope.TRADE, act)  # type: ignore[return-value]
 
 
+async def pause_all_agents(info: Info) -> types.EmergencyResult:
+    ctx = info.context
+
+    async def act(uow: UnitOfWork) -> types.EmergencyResult:
+        paused = await ctx.agents.pause_all(uow)
+        return types.EmergencyResult(canceled_orders=0, closed_positions=0, paused_agents=paused)
+
+    return await _run(ctx, Scope.AGENTS, act)  # type: ignore[return-value]
+
+
 async def close_position(info: Info, symbol: str) -> types.PlaceOrderResult:
     ctx = info.context
 
@@ -139,9 +149,11 @@ async def liquidate_all(info: Info, totp_code: str | None = None) -> types.Liqui
     async def act(uow: UnitOfWork) -> types.EmergencyResult:
         actor = ctx.require_actor(Scope.TRADE)
         await ctx.auth.require_fresh_code(uow, actor, totp_code)
+        # Agents first, in the same transaction, so none buys back what is being sold.
+        paused = await ctx.agents.pause_all(uow)
         canceled, closed = await ctx.trading.liquidate(uow)
         return types.EmergencyResult(
-            canceled_orders=canceled, closed_positions=closed, paused_agents=0
+            canceled_orders=canceled, closed_positions=closed, paused_agents=paused
         )
 
     return await _run(ctx, Scope.TRADE, act)  # type: ignore[return-value]
@@ -165,11 +177,32 @@ async def update_risk_limits(
     return await _run(ctx, Scope.TRADE, act)  # type: ignore[return-value]
 
 
-async def portfolio(info: Info) -> types.Portfolio:
+async def _valuation(
+    ctx: Context,
+    uow: UnitOfWork,
+    broker: t.BrokerKind | None,
+) -> engine.Valuation:
+    try:
+        account = await ctx.trading.portfolio_account(uow, broker)
+    except engine.OrderInvalid as exc:
+        raise BadInput(exc.message) from None
+    return await ctx.trading.valuation(uow, account)
+
+
+async def portfolio(
+    info: Info,
+    broker: Annotated[
+        types.BrokerKind | None,  # type: ignore[valid-type]
+        strawberry.argument(
+            description="Which account; by default the connected broker's when there is "
+            "one, else the paper portfolio."
+        ),
+    ] = None,
+) -> types.Portfolio:
     ctx = info.context
     actor = ctx.require_actor(Scope.READ)
     async with ctx.db.transaction(actor.user_id) as uow:
-        valuation = await ctx.trading.valuation(uow)
+        valuation = await _valuation(ctx, uow, broker)
     return types.Portfolio(valuation=valuation)
 
 
@@ -266,14 +299,16 @@ async def order_events(info: Info) -> AsyncIterator[types.Order]:
             raise Resubscribe(f"{exc}; resubscribe and refetch orders") from exc
 
 
-async def portfolio_updates(info: Info) -> AsyncIterator[types.Portfolio]:
+async def portfolio_updates(
+    info: Info, broker: t.BrokerKind | None = None
+) -> AsyncIterator[types.Portfolio]:
     ctx = info.context
     actor = ctx.require_actor(Scope.READ)
     async with ctx.broadcast.subscribe(engine.portfolio_channel(actor.user_id)) as sub:
         try:
             async for _ in sub:
                 async with ctx.db.transaction(actor.user_id) as uow:
-                    valuation = await ctx.trading.valuation(uow)
+                    valuation = await _valuation(ctx, uow, broker)
                 yield types.Portfolio(valuation=valuation)
         except SubscriptionLost as exc:
             raise Resubscribe(f"{exc}; resubscribe and refetch the portfolio") from exc

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
     from dataloaders import Loaders
     from db.engine import Database
+    from domain.agents.service import AgentService
     from domain.auth.service import AuthService, Client
+    from domain.brokers.service import BrokerService
     from domain.market.feed import QuoteDemand
     from domain.market.service import MarketService
     from domain.trading.service import TradingService
@@ -32,6 +34,8 @@ class Context:
     market: MarketService
     quote_demand: QuoteDemand
     trading: TradingService
+    agents: AgentService
+    brokers: BrokerService
     loaders: Loaders
     auth: AuthService
     client: Client

@@ -25,6 +25,7 @@ CREDENTIAL_MUTATIONS = frozenset(
         "verifyEmail",
         "confirmTotp",
         "disableTotp",
+        "connectBroker",
     }
 )
 

@@ -19,7 +19,9 @@ from strawberry.types import ExecutionContext
 
 from kianax.logs import request_id_var
 from schema.limits import CredentialMutationsAlone, RequestBudget
+from schema.roots.agents import AgentsMutation, AgentsQuery, AgentsSubscription
 from schema.roots.auth import AuthMutation, AuthQuery
+from schema.roots.brokers import BrokerMutation, BrokerQuery
 from schema.roots.market import MarketQuery, MarketSubscription
 from schema.roots.trading import TradingMutation, TradingQuery, TradingSubscription
 
@@ -28,17 +30,17 @@ log = logging.getLogger("kianax.graphql")
 
 # Each area contributes its root fields; the roots are their union.
 @strawberry.type
-class Query(AuthQuery, MarketQuery, TradingQuery):
+class Query(AuthQuery, MarketQuery, TradingQuery, BrokerQuery, AgentsQuery):
     pass
 
 
 @strawberry.type
-class Mutation(AuthMutation, TradingMutation):
+class Mutation(AuthMutation, TradingMutation, BrokerMutation, AgentsMutation):
     pass
 
 
 @strawberry.type
-class Subscription(MarketSubscription, TradingSubscription):
+class Subscription(MarketSubscription, TradingSubscription, AgentsSubscription):
     pass
 
 

@@ -247,7 +247,7 @@ class Portfolio:
         span = range.span
         async with ctx.db.transaction(actor.user_id) as uow:
             since = None if span is None else ctx.trading.clock() - span
-            points = await ctx.trading.history(uow, since)
+            points = await ctx.trading.history(uow, since, self.valuation.account)
         return [EquityPoint(timestamp=at, equity=equity) for at, equity in points]
 
     @strawberry.field
@@ -255,7 +255,7 @@ class Portfolio:
         ctx = info.context
         actor = ctx.require_actor()
         async with ctx.db.transaction(actor.user_id) as uow:
-            p = await ctx.trading.performance(uow)
+            p = await ctx.trading.performance(uow, self.valuation.account)
         return Performance(
             total_return_percent=p.total_return_percent,
             max_drawdown_percent=p.max_drawdown_percent,
@@ -353,6 +353,11 @@ class PlaceOrderInput:
     extended_hours: bool = False
     client_order_id: str | None = strawberry.field(
         default=None, description="Idempotency key; generated when absent."
+    )
+    broker: BrokerKind = strawberry.field(  # type: ignore[valid-type]
+        default=t.BrokerKind.PAPER,
+        description="Where the order goes: PAPER unless the connected broker account is "
+        "named, whichever portfolio is shown by default.",
     )
 
 

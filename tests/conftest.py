@@ -86,6 +86,8 @@ async def settings(database_url: str, redis_url: str) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         log_json=False,
+        # Test runs may share one Redis: each takes only the jobs it enqueued itself.
+        job_queue=f"arq:{database_url.rsplit('/', 1)[-1]}",
     )
     await asyncio.to_thread(migrate, settings)
     return settings

@@ -18,6 +18,7 @@ from schema.root import build_schema
 from web.export import export_fills, export_orders
 from web.graphql import KianaxGraphQL
 from web.health import healthz, readyz
+from web.hooks import receive as receive_webhook
 from web.middleware import RequestIdMiddleware
 from web.playground import STATIC_DIR
 
@@ -48,6 +49,7 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/export/orders.csv", export_orders),
             Route("/export/fills.csv", export_fills),
+            Route("/hooks/{trigger_id}", receive_webhook, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -58,7 +58,9 @@ class KianaxGraphQL(GraphQL[Context, None]):
             market=svc.market,
             quote_demand=svc.quote_demand,
             trading=svc.trading,
-            loaders=build_loaders(svc.db, auth.actor, svc.market),
+            agents=svc.agents,
+            brokers=svc.brokers,
+            loaders=build_loaders(svc.db, auth.actor, svc.market, svc.agents),
             auth=svc.auth,
             client=client,
             request_id=request_id_var.get() or "",
@@ -88,7 +90,9 @@ class KianaxGraphQL(GraphQL[Context, None]):
         if auth.actor is None:
             raise ConnectionRejectionError({"reason": auth.error})
         context.actor = auth.actor
-        context.loaders = build_loaders(self.services.db, auth.actor, self.services.market)
+        context.loaders = build_loaders(
+            self.services.db, auth.actor, self.services.market, self.services.agents
+        )
         return None
 
     def decode_json(self, data: str | bytes) -> object:

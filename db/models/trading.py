@@ -32,7 +32,9 @@ class Account(UserOwned, Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     broker: Mapped[BrokerKind] = mapped_column(_enum(BrokerKind, "broker_kind"))
-    broker_connection_id: Mapped[uuid.UUID | None]
+    broker_connection_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("broker_connections.id")
+    )
     starting_cash: Mapped[Decimal] = mapped_column(MONEY)
     cash: Mapped[Decimal] = mapped_column(MONEY)
     # Cash promised to open buy orders. The CHECK in the migration keeps it within cash.
@@ -77,6 +79,11 @@ class Order(UserOwned, Base):
     reserved: Mapped[Decimal] = mapped_column(MONEY, server_default="0")
     reject_reason: Mapped[str | None] = mapped_column(String(500))
     broker_order_id: Mapped[str | None] = mapped_column(String(64))
+    # The account's broker, copied here because an order never changes account: where it
+    # goes (paper matcher or a broker job) and what the API shows, without a join.
+    broker: Mapped[BrokerKind] = mapped_column(
+        _enum(BrokerKind, "broker_kind"), default=BrokerKind.PAPER, server_default="PAPER"
+    )
     agent_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     execution_id: Mapped[uuid.UUID | None]
     submitted_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -19,15 +19,18 @@ from sqlalchemy.exc import IntegrityError
 
 from db.engine import UnitOfWork
 from db.models import Account, Fill, Order, PortfolioSnapshot, Position, RiskLimitsRow
+from db.repositories import brokers as broker_repo
 from db.repositories import trading as repo
 from domain import audit
+from domain.brokers.types import ConnectionStatus
 from domain.market.calendar import is_open, next_close, next_open, sessions_between
 from domain.market.models import Quote
 from domain.market.service import MarketDataError, MarketService, normalize_symbol
 from domain.trading import ledger, risk
 from domain.trading.matching import PaperConfig, RestingOrder, bracket_children, match
-from domain.trading.orders import transition, validate_order
+from domain.trading.orders import Commission, can_transition, transition, validate_order
 from domain.trading.types import (
+    BrokerKind,
     FillEvent,
     OrderRequest,
     OrderSide,
@@ -42,6 +45,15 @@ NEW_ORDERS_CHANNEL = "paper:new-orders"
 
 class Publisher(Protocol):
     async def publish(self, channel: str, message: Any) -> None: ...
+
+
+class BrokerOrderQueue(Protocol):
+    """Hands orders for an outside broker to the worker, which talks to the broker: a
+    request's transaction never waits on one. Called only after the order has committed."""
+
+    async def submit(self, user_id: uuid.UUID, order_id: uuid.UUID) -> None: ...
+
+    async def cancel(self, user_id: uuid.UUID, order_id: uuid.UUID) -> None: ...
 
 
 def orders_channel(user_id: uuid.UUID) -> str:
@@ -135,6 +147,7 @@ def order_snapshot(order: Order) -> dict[str, Any]:
         "filledQuantity": str(order.filled_quantity),
         "averageFillPrice": dec(order.average_fill_price),
         "rejectReason": order.reject_reason,
+        "broker": order.broker.value,
         "agentId": None if order.agent_id is None else str(order.agent_id),
         "executionId": None if order.execution_id is None else str(order.execution_id),
         "submittedAt": order.submitted_at.isoformat(),
@@ -261,14 +274,50 @@ class TradingService:
     starting_cash: Decimal
     paper: PaperConfig = field(default_factory=PaperConfig)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Where orders for an outside broker go; None where no process submits them.
+    broker_orders: BrokerOrderQueue | None = None
 
     # --- accounts and limits
 
-    async def account(self, uow: UnitOfWork) -> Account:
+    async def account(self, uow: UnitOfWork, broker: BrokerKind = BrokerKind.PAPER) -> Account:
+        """The paper account (opened on first use), or the account of the user's active
+        connection to `broker` -- OrderInvalid when there is none."""
         user_id = _user(uow)
+        if broker is not BrokerKind.PAPER:
+            found = await broker_repo.active_account(uow.session, user_id, broker)
+            if found is None:
+                raise OrderInvalid("broker", f"no {broker.value.title()} account is connected")
+            return found[0]
         account = await repo.paper_account(uow.session, user_id)
         if account is None:
             account = await repo.ensure_paper_account(uow.session, user_id, self.starting_cash)
+        return account
+
+    async def portfolio_account(self, uow: UnitOfWork, broker: BrokerKind | None) -> Account:
+        """The account a portfolio shows: `broker`'s; by default an active broker
+        connection's when there is one (the money the user trades), else paper."""
+        if broker is not None:
+            return await self.account(uow, broker)
+        found = await broker_repo.default_account(uow.session, _user(uow))
+        return found or await self.account(uow)
+
+    async def _order_account(
+        self, uow: UnitOfWork, broker: BrokerKind, *, exit_leg: bool
+    ) -> Account:
+        if broker is BrokerKind.PAPER:
+            return await self.account(uow)
+        found = await broker_repo.active_account(uow.session, _user(uow), broker)
+        if found is None:
+            raise OrderInvalid("broker", f"no {broker.value.title()} account is connected")
+        account, connection = found
+        # An exit leg protects shares the broker already holds, so it is sent regardless;
+        # a new order through keys that do not work would only come back rejected.
+        if connection.status is not ConnectionStatus.CONNECTED and not exit_leg:
+            raise OrderInvalid(
+                "broker",
+                f"the {broker.value.title()} connection needs attention: "
+                f"{connection.last_error or 'reconnect it'}",
+            )
         return account
 
     async def limits(self, uow: UnitOfWork) -> RiskLimitsRow:
@@ -341,6 +390,7 @@ class TradingService:
         queue_when_closed: bool = True,
         execution_id: uuid.UUID | None = None,
         parent_id: uuid.UUID | None = None,
+        broker: BrokerKind = BrokerKind.PAPER,
     ) -> Order:
         placement = await self.place(
             uow,
@@ -348,6 +398,7 @@ class TradingService:
             queue_when_closed=queue_when_closed,
             execution_id=execution_id,
             parent_id=parent_id,
+            broker=broker,
         )
         return placement.order
 
@@ -360,8 +411,13 @@ class TradingService:
         execution_id: uuid.UUID | None = None,
         parent_id: uuid.UUID | None = None,
         agent_limits: risk.AgentLimits | None = None,
+        broker: BrokerKind = BrokerKind.PAPER,
     ) -> Placement:
         """Validate, dedupe by clientOrderId, risk-check, reserve, and accept one order.
+
+        `broker` says where the order goes, and the checks run against that account. The
+        paper broker accepts at once; an order for an outside broker stays NEW until the
+        worker has submitted it (`BrokerOrderQueue`), after this transaction commits.
 
         An agent's order (`agent_limits` given) passes the agent's own limits first -- a BUY
         beyond its allocation is shrunk to fit, or refused when nothing fits -- and then the
@@ -383,12 +439,12 @@ class TradingService:
         request_hash = _request_hash(req)
         existing = await repo.order_by_client_id(uow.session, user_id, client_order_id)
         if existing is not None:
-            return Placement(self._same_or_duplicate(existing, request_hash), ())
+            return Placement(self._same_or_duplicate(existing, request_hash, broker), ())
         details = await self.market.details(symbol)
         if quote is None:
             raise OrderInvalid("symbol", f"there is no current price for {symbol}")
 
-        account = await self.account(uow)
+        account = await self._order_account(uow, broker, exit_leg=parent_id is not None)
         now = self.clock()
         snapshot = await self._account_snapshot(uow, account, now)
         ctx = risk.OrderContext(
@@ -399,12 +455,13 @@ class TradingService:
             sector=details.sector if details else None,
             closes_day_trade=await self._closes_day_trade(uow, req, now),
             queue_when_closed=queue_when_closed,
-            commission=self.paper.commission,
+            # Alpaca charges no commission on equities; the paper broker's is configurable.
+            commission=self.paper.commission if broker is BrokerKind.PAPER else Commission(),
         )
         agent_checks: tuple[risk.RiskCheck, ...] = ()
         reduced_from: OrderRequest | None = None
         if agent_limits is not None and req.agent_id is not None and parent_id is None:
-            agent = await self._agent_snapshot(uow, req.agent_id, snapshot.equity, now)
+            agent = await self._agent_snapshot(uow, req.agent_id, snapshot.equity, now, account)
             fitted = risk.shrink_to_allocation(ctx, agent, agent_limits)
             if fitted is not None and fitted != req:
                 reduced_from, req = req, fitted
@@ -448,7 +505,9 @@ class TradingService:
             submitted_at=now,
             updated_at=now,
             triggered=False,
-            expires_at=_expiry(req, now),
+            # An outside broker expires its own DAY orders and reports it.
+            expires_at=_expiry(req, now) if broker is BrokerKind.PAPER else None,
+            broker=account.broker,
         )
         try:
             async with uow.session.begin_nested():
@@ -465,7 +524,7 @@ class TradingService:
             raced = await repo.order_by_client_id(uow.session, user_id, client_order_id)
             if raced is None:
                 raise
-            return Placement(self._same_or_duplicate(raced, request_hash), ())
+            return Placement(self._same_or_duplicate(raced, request_hash, broker), ())
         await audit.record(
             uow.session,
             "order.placed",
@@ -483,6 +542,11 @@ class TradingService:
             },
         )
         self._emit(uow, order)
+        if broker is not BrokerKind.PAPER:
+            user, placed = order.user_id, order.id
+            queue = self._broker_queue()
+            uow.after_commit(lambda: queue.submit(user, placed))
+            return Placement(order, decision.checks, reduced_from)
         # The paper broker accepts at once; it fills from the quote stream in the worker.
         self._set_status(order, OrderStatus.ACCEPTED, now)
         self._emit(uow, order)
@@ -490,8 +554,13 @@ class TradingService:
         uow.after_commit(lambda: self.publisher.publish(NEW_ORDERS_CHANNEL, accepted))
         return Placement(order, decision.checks, reduced_from)
 
-    def _same_or_duplicate(self, existing: Order, request_hash: str) -> Order:
-        if existing.request_hash != request_hash:
+    def _broker_queue(self) -> BrokerOrderQueue:
+        if self.broker_orders is None:
+            raise RuntimeError("this process has no queue for broker orders")
+        return self.broker_orders
+
+    def _same_or_duplicate(self, existing: Order, request_hash: str, broker: BrokerKind) -> Order:
+        if existing.request_hash != request_hash or existing.broker is not broker:
             raise DuplicateClientOrderId(
                 f"clientOrderId {existing.client_order_id} was already used for a different order"
             )
@@ -547,6 +616,8 @@ class TradingService:
         open_sells: dict[str, Decimal] = {}
         exit_groups: dict[uuid.UUID, Order] = {}
         for order in await repo.open_orders(uow.session, _user(uow)):
+            if order.account_id != account.id:
+                continue  # another account's orders neither spend nor free this one's shares
             if order.parent_id is not None:
                 # One-cancels-other legs close the same shares: count each group once.
                 exit_groups.setdefault(order.parent_id, order)
@@ -575,16 +646,17 @@ class TradingService:
         )
 
     async def _agent_snapshot(
-        self, uow: UnitOfWork, agent_id: uuid.UUID, equity: Decimal, now: datetime
+        self, uow: UnitOfWork, agent_id: uuid.UUID, equity: Decimal, now: datetime, account: Account
     ) -> risk.AgentSnapshot:
-        account = await self.account(uow)
         holdings = {
             p.symbol: risk.AgentHolding(p.quantity, p.cost_basis)
             for p in await repo.positions(uow.session, account.id)
             if p.agent_id == agent_id
         }
         mine = [
-            o for o in await repo.open_orders(uow.session, _user(uow)) if o.agent_id == agent_id
+            o
+            for o in await repo.open_orders(uow.session, _user(uow))
+            if o.agent_id == agent_id and o.account_id == account.id
         ]
         open_buys: dict[str, Decimal] = {}
         for order in mine:
@@ -613,14 +685,37 @@ class TradingService:
             raise OrderNotFound("no such order")
         if not order.status.is_open:
             raise OrderInvalid(None, f"the order is {order.status.value} and cannot be canceled")
-        await self._close(uow, order, OrderStatus.CANCELED, "canceled by request")
+        await self._cancel(uow, order, "canceled by request")
         return order
 
     async def cancel_all(self, uow: UnitOfWork) -> int:
         orders = await repo.open_orders(uow.session, _user(uow), lock=True)
         for order in orders:
-            await self._close(uow, order, OrderStatus.CANCELED, "canceled with all open orders")
+            await self._cancel(uow, order, "canceled with all open orders")
         return len(orders)
+
+    async def _cancel(self, uow: UnitOfWork, order: Order, reason: str) -> None:
+        """Cancel a paper order, or one the broker has not been sent yet; ask the broker to
+        cancel any other. That order stays open until the broker reports it canceled --
+        it may fill first, and what the broker says is what happened."""
+        if order.broker is BrokerKind.PAPER or (
+            order.status is OrderStatus.NEW and order.broker_order_id is None
+        ):
+            # The submitting job sends only NEW orders, and one that was already on its
+            # way is canceled by that job as soon as the broker names it.
+            await self._close(uow, order, OrderStatus.CANCELED, reason)
+            return
+        await audit.record(
+            uow.session,
+            "order.cancel_requested",
+            user_id=order.user_id,
+            entity="order",
+            entity_id=order.id,
+            payload={"reason": reason},
+        )
+        user, requested = order.user_id, order.id
+        queue = self._broker_queue()
+        uow.after_commit(lambda: queue.cancel(user, requested))
 
     async def _close(self, uow: UnitOfWork, order: Order, status: OrderStatus, reason: str) -> None:
         now = self.clock()
@@ -658,7 +753,9 @@ class TradingService:
         placed = [await self._closing_order(uow, row) for row in rows]
         return max(placed, key=lambda o: o.quantity or ZERO)
 
-    async def _closing_order(self, uow: UnitOfWork, row: Position) -> Order:
+    async def _closing_order(
+        self, uow: UnitOfWork, row: Position, broker: BrokerKind = BrokerKind.PAPER
+    ) -> Order:
         side = OrderSide.SELL if row.quantity > 0 else OrderSide.BUY
         return await self.place_order(
             uow,
@@ -668,6 +765,7 @@ class TradingService:
                 quantity=abs(row.quantity),
                 agent_id=row.agent_id,
             ),
+            broker=broker,
         )
 
     async def liquidate(self, uow: UnitOfWork) -> tuple[int, int]:
@@ -677,9 +775,56 @@ class TradingService:
         for row in await repo.positions(uow.session, account.id):
             await self._closing_order(uow, row)
             closed += 1
-        return canceled, closed
+        return canceled, closed + await self._liquidate_brokers(uow)
+
+    async def _liquidate_brokers(self, uow: UnitOfWork) -> int:
+        """Close the positions of every connected broker account too. Their open orders are
+        only being canceled (the broker confirms later), so a position whose shares an open
+        order still holds may be refused -- here or by the broker; the refusal is audited
+        and the count says how many closing orders went out."""
+        closed = 0
+        for kind in BrokerKind:
+            if kind is BrokerKind.PAPER:
+                continue
+            found = await broker_repo.active_account(uow.session, _user(uow), kind)
+            if found is None or found[1].status is not ConnectionStatus.CONNECTED:
+                continue
+            for row in await repo.positions(uow.session, found[0].id):
+                try:
+                    async with uow.session.begin_nested():
+                        await self._closing_order(uow, row, kind)
+                except TradingError as exc:
+                    await audit.record(
+                        uow.session,
+                        "order.liquidation_refused",
+                        user_id=row.user_id,
+                        entity="position",
+                        entity_id=row.id,
+                        payload={"symbol": row.symbol, "reason": exc.message},
+                    )
+                    continue
+                closed += 1
+        return closed
 
     # --- fills (the worker, or a broker's trade events)
+
+    async def broker_reported(
+        self, uow: UnitOfWork, order: Order, status: OrderStatus, reason: str | None = None
+    ) -> bool:
+        """Apply a status an outside broker reported for `order` (fills go through
+        `record_fill`). Reports arrive late, twice and out of order: one the status table
+        does not allow from where the order is now is stale, skipped, and returns False."""
+        if status in (OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED):
+            raise ValueError("a fill is recorded with record_fill, with its quantity and price")
+        if order.status is status or not can_transition(order.status, status):
+            return False
+        if status is OrderStatus.ACCEPTED:
+            self._set_status(order, status, self.clock())
+            self._emit(uow, order)
+        else:
+            default = f"{status.value.lower()} by the broker"
+            await self._close(uow, order, status, reason or default)
+        return True
 
     async def match_order(self, uow: UnitOfWork, order_id: uuid.UUID, quote: Quote) -> None:
         """Let one quote act on one paper order: fill, trail, trigger, cancel or expire it."""
@@ -823,9 +968,7 @@ class TradingService:
             # One-cancels-other: the first exit leg to fill cancels its sibling.
             for sibling in await repo.open_orders(uow.session, order.user_id, lock=True):
                 if sibling.parent_id == order.parent_id and sibling.id != order.id:
-                    await self._close(
-                        uow, sibling, OrderStatus.CANCELED, "the other exit leg filled"
-                    )
+                    await self._cancel(uow, sibling, "the other exit leg filled")
             return
         filled_request = _with_quantity(request_of(order), order.filled_quantity)
         children = bracket_children(filled_request)
@@ -838,12 +981,32 @@ class TradingService:
             )
             children = [stop] if stop is not None else []
         for index, child in enumerate(children):
-            await self.place_order(
-                uow,
-                _with_client_id(child, f"{order.client_order_id[:56]}-x{index}"),
-                parent_id=order.id,
-                execution_id=order.execution_id,
-            )
+            leg = _with_client_id(child, f"{order.client_order_id[:56]}-x{index}")
+            if order.broker is BrokerKind.PAPER:
+                await self.place_order(
+                    uow, leg, parent_id=order.id, execution_id=order.execution_id
+                )
+                continue
+            # A broker's fill has happened whatever becomes of the exit legs: a leg that
+            # cannot be placed is recorded, never allowed to undo the fill.
+            try:
+                async with uow.session.begin_nested():
+                    await self.place_order(
+                        uow,
+                        leg,
+                        parent_id=order.id,
+                        execution_id=order.execution_id,
+                        broker=order.broker,
+                    )
+            except TradingError as exc:
+                await audit.record(
+                    uow.session,
+                    "order.exit_leg_failed",
+                    user_id=order.user_id,
+                    entity="order",
+                    entity_id=order.id,
+                    payload={"leg": index, "reason": exc.message},
+                )
 
     async def _snapshot(self, uow: UnitOfWork, account: Account, at: datetime) -> None:
         valuation = await self.valuation(uow, account)
@@ -866,18 +1029,20 @@ class TradingService:
     # --- reads
 
     async def history(
-        self, uow: UnitOfWork, since: datetime | None
+        self, uow: UnitOfWork, since: datetime | None, account: Account | None = None
     ) -> list[tuple[datetime, Decimal]]:
-        account = await self.account(uow)
+        account = account or await self.account(uow)
         points = [
             (s.taken_at, s.equity) for s in await repo.snapshots(uow.session, account.id, since)
         ]
         points.append((self.clock(), (await self.valuation(uow, account)).equity))
         return points
 
-    async def performance(self, uow: UnitOfWork) -> ledger.Performance:
-        account = await self.account(uow)
-        points = await self.history(uow, None)
+    async def performance(
+        self, uow: UnitOfWork, account: Account | None = None
+    ) -> ledger.Performance:
+        account = account or await self.account(uow)
+        points = await self.history(uow, None, account)
         pnls = await repo.closed_trade_pnls(uow.session, account.id)
         return ledger.performance(points, pnls, account.starting_cash)
 

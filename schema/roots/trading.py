@@ -44,6 +44,10 @@ class TradingSubscription:
             yield order
 
     @strawberry.subscription(description="This user's portfolio, after fills.")  # type: ignore[untyped-decorator]
-    async def portfolio_updates(self, info: Info) -> AsyncGenerator[types.Portfolio, None]:
-        async for portfolio in trading.portfolio_updates(info):
+    async def portfolio_updates(
+        self,
+        info: Info,
+        broker: types.BrokerKind | None = None,  # type: ignore[valid-type]
+    ) -> AsyncGenerator[types.Portfolio, None]:
+        async for portfolio in trading.portfolio_updates(info, broker):
             yield portfolio

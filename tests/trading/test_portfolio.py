@@ -92,7 +92,7 @@ async def test_portfolio_is_per_user(signup: Any, paper_broker: PaperMatcher) ->
 
 async def test_me_shows_my_risk_limits(signup: Any) -> None:
     user: SignedIn = await signup()
-    await user.gql('mutation { updateRiskLimits(input: {maxDailyTrades: 7}) { __typename } }')
+    await user.gql("mutation { updateRiskLimits(input: {maxDailyTrades: 7}) { __typename } }")
     other: SignedIn = await signup()
     mine = (await user.gql("{ me { riskLimits { maxDailyTrades allowShort } } }"))["data"]
     theirs = (await other.gql("{ me { riskLimits { maxDailyTrades } } }"))["data"]
