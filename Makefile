@@ -1,13 +1,16 @@
 # Two commands: `make run` and `make test`. Everything else is `kianax ...` in .venv.
 SHELL := /bin/bash
 VENV ?= .venv
-PYTHON_BIN := $(firstword $(foreach v,3.13 3.12 3.11,$(shell command -v python$(v) 2>/dev/null)) $(shell command -v python3))
+# The first interpreter that really runs and is 3.11+ (pyenv shims exist for versions
+# that are not active, so being on PATH is not enough).
+PYTHON_BIN := $(shell for c in python3 python3.13 python3.12 python3.11; do \
+	$$c -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$c; break; }; done)
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck schema clean bench
 
 $(STAMP): pyproject.toml
-	@$(PYTHON_BIN) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Kianax needs Python 3.11+")'
+	@test -n "$(PYTHON_BIN)" || { echo "Kianax needs Python 3.11+ (python3)"; exit 1; }
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
