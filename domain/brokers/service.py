@@ -652,7 +652,8 @@ class BrokerService:
             return Reconciliation(row, [])  # in error, and its last_error says why
         name = _NAMES[row.provider]
         try:
-            # Orders before positions: a fill landing in between then shows in both.
+            # Not one snapshot: a fill landing between these calls shows in one answer and
+            # not another, and leaves the mirror off by that fill until the next pass.
             seen = {o.broker_order_id: o for o in await broker.orders(open_only=True)}
             by_client = {o.client_order_id: o for o in seen.values()}
             for broker_order_id, client_order_id in local:
@@ -685,7 +686,7 @@ class BrokerService:
             assert mirror is not None
             corrections: list[dict[str, Any]] = []
             for order in await repo.open_orders(uow.session, user_id, mirror.id):
-                report = (seen.get(order.broker_order_id or "")) or by_client.get(
+                report = seen.get(order.broker_order_id or "") or by_client.get(
                     order.client_order_id
                 )
                 corrections += await self._correct_order(uow, order, report, now)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -148,7 +149,10 @@ async def brokers(
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await worker.close()
+    with warnings.catch_warnings():
+        # arq 0.28 closes its pool with redis-py's deprecated close(); nothing to act on.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        await worker.close()
 
 
 async def connect(
