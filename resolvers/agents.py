@@ -266,9 +266,7 @@ async def agents_query(
     ]
     return types.AgentConnection(
         edges=edges,
-        page_info=PageInfo(
-            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
-        ),
+        page_info=PageInfo.of(edges, len(rows) > size),
     )
 
 
@@ -302,9 +300,7 @@ async def notifications(
     ]
     return types.NotificationConnection(
         edges=edges,
-        page_info=PageInfo(
-            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
-        ),
+        page_info=PageInfo.of(edges, len(rows) > size),
     )
 
 

@@ -282,7 +282,5 @@ async def audit_log(
     ]
     return audit_types.AuditEventConnection(
         edges=edges,
-        page_info=PageInfo(
-            has_next_page=len(rows) > first, end_cursor=edges[-1].cursor if edges else None
-        ),
+        page_info=PageInfo.of(edges, len(rows) > first),
     )

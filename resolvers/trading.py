@@ -246,9 +246,7 @@ async def orders(
     ]
     return types.OrderConnection(
         edges=edges,
-        page_info=PageInfo(
-            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
-        ),
+        page_info=PageInfo.of(edges, len(rows) > size),
     )
 
 
@@ -281,9 +279,7 @@ async def fills(
     ]
     return types.FillConnection(
         edges=edges,
-        page_info=PageInfo(
-            has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
-        ),
+        page_info=PageInfo.of(edges, len(rows) > size),
     )
 
 

@@ -372,9 +372,7 @@ class Agent(Node):
         ]
         return AgentExecutionConnection(
             edges=edges,
-            page_info=PageInfo(
-                has_next_page=len(rows) > size, end_cursor=edges[-1].cursor if edges else None
-            ),
+            page_info=PageInfo.of(edges, len(rows) > size),
         )
 
     @strawberry.field

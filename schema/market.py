@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 
@@ -117,6 +117,11 @@ class PageInfo:
     has_next_page: bool
     end_cursor: str | None
 
+    @classmethod
+    def of(cls, edges: Sequence[Any], has_next_page: bool) -> PageInfo:
+        """For a page of edges (each with a `cursor`), fetched with one row to spare."""
+        return cls(has_next_page=has_next_page, end_cursor=edges[-1].cursor if edges else None)
+
 
 @strawberry.type
 class NewsArticle:
@@ -172,13 +177,8 @@ def parse_news_cursor(cursor: str | None) -> datetime | None:
 
 def news_connection(items: list[models.NewsItem], first: int) -> NewsConnection:
     """`items` holds up to first + 1 articles: the extra one only says another page exists."""
-    page = items[:first]
-    return NewsConnection(
-        edges=[NewsEdge(cursor=news_cursor(i), node=NewsArticle.from_model(i)) for i in page],
-        page_info=PageInfo(
-            has_next_page=len(items) > first, end_cursor=news_cursor(page[-1]) if page else None
-        ),
-    )
+    edges = [NewsEdge(cursor=news_cursor(i), node=NewsArticle.from_model(i)) for i in items[:first]]
+    return NewsConnection(edges=edges, page_info=PageInfo.of(edges, len(items) > first))
 
 
 @strawberry.type
