@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 AfterCommit = Callable[[], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +59,13 @@ class Database:
                 )
                 yield uow
             for callback in uow._after_commit:
-                await callback()
+                # The transaction has committed: what it did stands whether or not its
+                # events get out, so a failed publish is logged, never raised into the caller
+                # (who would report a committed order as failed), and the rest still run.
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("an after-commit action failed")
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -90,7 +90,11 @@ async def services(
     redis = Redis.from_url(settings.redis_url)
     # A user's order and portfolio streams end (and the client refetches) rather than
     # silently skip what was published while Redis was away; quotes simply carry on.
-    broadcast = Broadcast(settings.redis_url, interrupt_strict_on_reconnect=True)
+    # Several publish connections: under load one connection made publishes queue past
+    # their time limit (bench/README.md).
+    broadcast = Broadcast(
+        settings.redis_url, interrupt_strict_on_reconnect=True, max_publish_connections=4
+    )
     await broadcast.connect()
     if clock is None and settings.simulated_time_start and not settings.massive_api_key:
         clock = shifted_clock(settings.simulated_time_start, settings.simulated_time_anchor)

@@ -91,3 +91,24 @@ async def test_every_user_table_forces_rls(owner_engine) -> None:  # type: ignor
         ).all()
     assert rows, "expected user-owned tables"
     assert [r for r in rows if not (r[1] and r[2])] == []
+
+
+async def test_a_failed_after_commit_action_neither_undoes_nor_hides_the_commit(
+    db: Database,
+) -> None:
+    user_id = uuid.uuid4()
+    ran: list[str] = []
+
+    async def broken() -> None:
+        raise ConnectionError("Redis is away")
+
+    async def later() -> None:
+        ran.append("later")
+
+    async with db.transaction(user_id) as uow:
+        uow.session.add(User(id=user_id, email=f"{user_id}@example.com", password_hash="x"))
+        uow.after_commit(broken)
+        uow.after_commit(later)
+    assert ran == ["later"]
+    async with db.transaction(user_id) as uow:
+        assert await uow.session.get(User, user_id) is not None
