@@ -1,6 +1,6 @@
 """Quotes fan-out through the real server: WebSocket subscribers of `quotes` at a fixed rate.
 
-    .venv/bin/python -m bench.quotes_fanout [--levels 250,1000] [--profile]
+    .venv/bin/python -m bench.quotes_fanout [--levels 100,250,500,1000] [--profile]
 
 Starts `kianax api` (no feed) on a fresh `kianax_bench` database and Redis db 1. For each
 level, client processes open that many graphql-transport-ws connections (each one symbol,
@@ -8,8 +8,8 @@ anonymous), then a publisher process plays the feed: it publishes to `quotes:{SY
 exactly what the feed publishes, `rate` quotes per second per symbol, spread evenly. Each
 quote carries its publish wall-clock time in `timestamp` and a per-symbol sequence number
 in `last` (100 + seq/10^6), so clients measure publish-to-receive latency and count the
-quotes that were coalesced away. Results: bench/results/quotes_fanout.json and a Markdown
-summary on stdout. Everything stops by itself (hard limit 20 minutes).
+quotes that were coalesced away. Results: bench/results/quotes_fanout-<time>.json and a
+Markdown summary on stdout. Everything stops by itself (hard limit 20 minutes).
 """
 
 from __future__ import annotations
@@ -439,7 +439,9 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quotes_fanout", description=__doc__)
-    parser.add_argument("--levels", default="250,1000", help="subscriber counts, comma-separated")
+    parser.add_argument(
+        "--levels", default="100,250,500,1000", help="subscriber counts, comma-separated"
+    )
     parser.add_argument("--symbols", type=int, default=50, help="how many symbols of UNIVERSE")
     parser.add_argument("--rate", type=float, default=10.0, help="quotes/s per symbol")
     parser.add_argument("--warmup", type=float, default=10.0)

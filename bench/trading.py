@@ -14,10 +14,11 @@ closed-loop client:
    request latency, and placement-to-fill latency (placeOrder sent -> FILLED event);
 3. portfolio: the `portfolio` query with its 20 positions, for a fixed time.
 
-The per-user budget (600 operations a minute) is reset between phases by deleting the
-`rl:requests-user:*` keys in Redis db 1. PostgreSQL's pg_stat_activity is sampled every
-100 ms to show what the database sessions wait for. Results: bench/results/trading.json
-and a Markdown summary on stdout. Everything stops by itself (hard limit 20 minutes).
+The per-user budget (600 operations a minute) is reset every 5 s while a phase runs, by
+deleting the `rl:requests-user:*` keys in Redis db 1. PostgreSQL's pg_stat_activity is sampled every
+100 ms to show what the database sessions wait for. Results:
+bench/results/trading-<users>users-<time>.json and a Markdown summary on stdout.
+Everything stops by itself (hard limit 20 minutes).
 """
 
 from __future__ import annotations
@@ -259,9 +260,12 @@ class Bench:
         self.probe = DatabaseProbe(self.redis)
 
     async def reset_budgets(self) -> None:
-        keys = [k async for k in self.redis.scan_iter(match="rl:requests-user:*")]
-        if keys:
-            await self.redis.delete(*keys)
+        """Every 5 s: delete the per-user request budgets (the limiter still does its work)."""
+        while True:
+            keys = [k async for k in self.redis.scan_iter(match="rl:requests-user:*")]
+            if keys:
+                await self.redis.delete(*keys)
+            await asyncio.sleep(5.0)
 
     async def place(self, user: User, symbol: str, cid: str, outcomes: Outcomes) -> None:
         order = {"symbol": symbol, "side": "BUY", "type": "MARKET", "quantity": "1"}
@@ -303,7 +307,7 @@ class Bench:
         max_steps: int | None = None,
     ) -> tuple[Outcomes, dict[str, Any]]:
         """Every user runs `step` back to back; only steps started in the window count."""
-        await self.reset_budgets()
+        budgets = asyncio.create_task(self.reset_budgets())
         loop_start = time.perf_counter()
         window_from, window_to = loop_start + warmup, loop_start + warmup + duration
         measured, discarded = Outcomes(), Outcomes()
@@ -322,6 +326,9 @@ class Bench:
         spies = self.spy(name) if self.profile else []
         await asyncio.gather(*tasks)
         measured.ended = time.perf_counter()
+        budgets.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await budgets
         after = harness.CpuMark.take(self.pids)
         database = await self.probe.stop()
         for spy in spies:
