@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from dataloaders.agent_by_id import AgentByIdLoader
 from dataloaders.agent_stats_by_agent_id import AgentStatsByAgentIdLoader
 from dataloaders.allocation_by_agent_id import AllocationByAgentIdLoader
+from dataloaders.execution_by_id import ExecutionByIdLoader
 from dataloaders.fills_by_order_id import FillsByOrderIdLoader
 from dataloaders.order_by_id import OrderByIdLoader
 from dataloaders.quote_by_symbol import QuoteBySymbolLoader
@@ -28,6 +29,7 @@ class Loaders:
     triggers_by_agent_id: TriggersByAgentIdLoader
     agent_stats_by_agent_id: AgentStatsByAgentIdLoader
     allocation_by_agent_id: AllocationByAgentIdLoader
+    execution_by_id: ExecutionByIdLoader
 
 
 def build_loaders(
@@ -42,4 +44,5 @@ def build_loaders(
         triggers_by_agent_id=TriggersByAgentIdLoader(db, actor),
         agent_stats_by_agent_id=AgentStatsByAgentIdLoader(db, actor, agents),
         allocation_by_agent_id=AllocationByAgentIdLoader(db, actor, agents),
+        execution_by_id=ExecutionByIdLoader(db, actor),
     )

@@ -17,6 +17,7 @@ from db.models import Trigger as TriggerRow
 from domain.agents import decision
 from domain.agents import types as t
 from domain.auth.actor import Scope
+from domain.trading.risk import Allocation
 from domain.triggers import spec
 from schema.auth import Node
 from schema.context import Info
@@ -62,12 +63,27 @@ class AllocationSlice:
     used: Decimal = strawberry.field(
         description="Cost basis of the agent's positions plus cash reserved for its open orders."
     )
-    agent_id: strawberry.Private[uuid.UUID]
+    agent_id: strawberry.Private[uuid.UUID | None]
 
-    @strawberry.field
+    @strawberry.field(  # type: ignore[untyped-decorator]
+        description="Null for the share that is the user's own (cash reserve and own positions)."
+    )
     async def agent(self, info: Info) -> Agent | None:
+        if self.agent_id is None:
+            return None
         row = await info.context.loaders.agent_by_id.load(self.agent_id)
         return None if row is None else Agent.of(row)
+
+    @classmethod
+    def of(
+        cls, agent_id: uuid.UUID | None, percent: Decimal, allocation: Allocation
+    ) -> AllocationSlice:
+        return cls(
+            percent=percent,
+            amount=allocation.amount.quantize(CENTS),
+            used=allocation.used.quantize(CENTS),
+            agent_id=agent_id,
+        )
 
 
 @strawberry.type
@@ -330,12 +346,7 @@ class Agent(Node):
     async def allocation(self, info: Info) -> AllocationSlice:
         found = await info.context.loaders.allocation_by_agent_id.load(self.row.id)
         assert found is not None, "the agent belongs to the actor"
-        return AllocationSlice(
-            percent=self.row.allocation_percent,
-            amount=found.amount.quantize(CENTS),
-            used=found.used.quantize(CENTS),
-            agent_id=self.row.id,
-        )
+        return AllocationSlice.of(self.row.id, self.row.allocation_percent, found)
 
     @strawberry.field
     async def triggers(self, info: Info) -> list[Trigger]:

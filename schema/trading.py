@@ -7,7 +7,7 @@ import enum
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 
@@ -19,6 +19,9 @@ from schema.auth import Node, TwoFactorRequired
 from schema.context import Info
 from schema.errors import BadInput, NotFound, UserError, ValidationError
 from schema.market import PageInfo, Security
+
+if TYPE_CHECKING:
+    from schema.agents import Agent, AgentExecution, AllocationSlice
 
 OrderSide = strawberry.enum(t.OrderSide, name="OrderSide")
 OrderType = strawberry.enum(t.OrderType, name="OrderType")
@@ -103,6 +106,7 @@ class Order(Node):
     agent_id: strawberry.ID | None
     submitted_at: datetime
     updated_at: datetime
+    execution_id: strawberry.Private[uuid.UUID | None]
 
     @classmethod
     def from_snapshot(cls, d: dict[str, Any]) -> Order:
@@ -129,12 +133,37 @@ class Order(Node):
             agent_id=None if d["agentId"] is None else strawberry.ID(d["agentId"]),
             submitted_at=datetime.fromisoformat(d["submittedAt"]),
             updated_at=datetime.fromisoformat(d["updatedAt"]),
+            execution_id=None if d["executionId"] is None else uuid.UUID(d["executionId"]),
         )
 
     @strawberry.field
     async def fills(self, info: Info) -> list[Fill]:
         rows = await info.context.loaders.fills_by_order_id.load(uuid.UUID(self.id))
         return [Fill.from_row(r) for r in rows]
+
+    @strawberry.field(  # type: ignore[untyped-decorator]
+        description="The agent that placed the order; null for orders a person placed."
+    )
+    async def agent(self, info: Info) -> Annotated[Agent, strawberry.lazy("schema.agents")] | None:
+        from schema.agents import Agent
+
+        if self.agent_id is None:
+            return None
+        row = await info.context.loaders.agent_by_id.load(uuid.UUID(self.agent_id))
+        return None if row is None else Agent.of(row)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]
+        description="The agent run that decided on the order; null for orders a person placed."
+    )
+    async def execution(
+        self, info: Info
+    ) -> Annotated[AgentExecution, strawberry.lazy("schema.agents")] | None:
+        from schema.agents import AgentExecution
+
+        if self.execution_id is None:
+            return None
+        row = await info.context.loaders.execution_by_id.load(self.execution_id)
+        return None if row is None else AgentExecution.of(row)
 
 
 @strawberry.type
@@ -235,6 +264,21 @@ class Portfolio:
     @strawberry.field
     def positions(self) -> list[Position]:
         return [Position.from_value(p) for p in self.valuation.positions]
+
+    @strawberry.field(  # type: ignore[untyped-decorator]
+        description="Each agent's share of this portfolio, then the user's own (agent null): "
+        "its percent of equity, that amount, and how much of it is in use."
+    )
+    async def allocation(
+        self, info: Info
+    ) -> list[Annotated[AllocationSlice, strawberry.lazy("schema.agents")]]:
+        from schema.agents import AllocationSlice
+
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.db.transaction(actor.user_id) as uow:
+            slices = await ctx.agents.portfolio_allocation(uow, self.valuation)
+        return [AllocationSlice.of(*s) for s in slices]
 
     @strawberry.field
     async def history(

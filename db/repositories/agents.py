@@ -253,6 +253,18 @@ async def execution(
     return await session.scalar(statement)
 
 
+async def executions_by_ids(
+    session: AsyncSession, user_id: uuid.UUID, ids: Sequence[uuid.UUID]
+) -> Sequence[AgentExecution]:
+    return (
+        await session.scalars(
+            select(AgentExecution).where(
+                AgentExecution.user_id == user_id, AgentExecution.id.in_(ids)
+            )
+        )
+    ).all()
+
+
 async def executions(
     session: AsyncSession,
     user_id: uuid.UUID,

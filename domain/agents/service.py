@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from db.engine import Database, UnitOfWork
 from db.models import Agent, AgentExecution, Trigger
 from db.repositories import agents as repo
+from db.repositories import trading as trading_repo
 from domain import audit
 from domain.agents.decision import LlmProvider
 from domain.agents.execution import Executor, RunRequest, agent_books
@@ -35,7 +36,8 @@ from domain.auth.ratelimit import Limit, RateLimiter
 from domain.brokers.crypto import KeyRing, SealedSecret, open_sealed, seal
 from domain.market.service import MarketDataError, MarketService
 from domain.trading import risk
-from domain.trading.service import TradingError
+from domain.trading.service import TradingError, Valuation
+from domain.trading.types import BrokerKind
 from domain.triggers import webhook
 from domain.triggers.spec import (
     IndicatorConfig,
@@ -513,6 +515,48 @@ class AgentService:
     ) -> dict[uuid.UUID, risk.Allocation]:
         books = await agent_books(uow, self.executor.trading, agents)
         return {agent_id: book.allocation for agent_id, book in books.items()}
+
+    async def portfolio_allocation(
+        self, uow: UnitOfWork, valuation: Valuation
+    ) -> list[tuple[uuid.UUID | None, Decimal, risk.Allocation]]:
+        """How `valuation`'s portfolio is shared: (agent id, percent, allocation) per live
+        agent, then the rest, the user's own (None). Agents trade the paper account only, so
+        a broker account is all the user's. What deleted agents still hold counts as the
+        user's: nothing else can spend from it."""
+        user_id = _user(uow)
+        account = valuation.account
+        paper = account.broker is BrokerKind.PAPER
+        agents = await repo.agents(uow.session, user_id) if paper else []
+        orders = await trading_repo.open_orders(uow.session, user_id)
+        live = {a.id for a in agents}
+
+        def owner(agent_id: uuid.UUID | None) -> uuid.UUID | None:
+            return agent_id if agent_id in live else None
+
+        def share(agent_id: uuid.UUID | None, percent: Decimal) -> risk.Allocation:
+            snapshot = risk.AgentSnapshot(
+                equity=valuation.equity,
+                positions={
+                    p.position.symbol: risk.AgentHolding(p.position.quantity, p.position.cost_basis)
+                    for p in valuation.positions
+                    if owner(p.position.agent_id) == agent_id
+                },
+                reserved=sum(
+                    (
+                        o.reserved
+                        for o in orders
+                        if o.account_id == account.id and owner(o.agent_id) == agent_id
+                    ),
+                    Decimal(0),
+                ),
+            )
+            return risk.agent_allocation(snapshot, risk.AgentLimits(percent))
+
+        rest = 100 - sum((a.allocation_percent for a in agents), Decimal(0))
+        return [
+            *((a.id, a.allocation_percent, share(a.id, a.allocation_percent)) for a in agents),
+            (None, rest, share(None, rest)),
+        ]
 
     async def stats(self, uow: UnitOfWork, agents: Sequence[Agent]) -> dict[uuid.UUID, AgentStats]:
         user_id = _user(uow)
