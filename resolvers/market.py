@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from domain.market import codec
 from domain.market.service import MAX_SYMBOLS_PER_SUBSCRIPTION, quote_channel
 from schema.context import Info
 from schema.errors import BadInput
@@ -16,6 +15,7 @@ from schema.market import (
     SecuritySummary,
     market_errors,
     news_page,
+    quote_from_message,
 )
 
 
@@ -62,4 +62,4 @@ async def quotes(info: Info, symbols: list[str]) -> AsyncIterator[Quote]:
         for quote in (await ctx.market.quotes(wanted)).values():
             yield Quote.from_model(quote)
         async for message in sub:
-            yield Quote.from_model(codec.quote_from_dict(message.data))
+            yield quote_from_message(message)

@@ -7,16 +7,19 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 
-from domain.market import models
+from domain.market import codec, models
 from domain.market.calendar import MarketStatus as MarketStatusModel
 from domain.market.indicators import Indicators as IndicatorsModel
 from domain.market.service import MarketDataError
 from schema.context import Info
 from schema.errors import BadInput
+
+if TYPE_CHECKING:
+    from kianax.broadcast import Message
 
 Timeframe = strawberry.enum(models.Timeframe, name="Timeframe")
 Sentiment = strawberry.enum(models.Sentiment, name="Sentiment")
@@ -57,6 +60,25 @@ class Quote:
             change_percent=None if percent is None else round(percent, 4),
             timestamp=quote.timestamp,
         )
+
+
+# A quote channel's latest message and the Quote parsed from it, by channel.
+_parsed_quotes: dict[str, tuple[Message, Quote]] = {}
+
+
+def quote_from_message(message: Message) -> Quote:
+    """The Quote a message of a quote channel carries, parsed once for all its subscribers.
+
+    The hub hands the same read-only Message to every local subscriber of a channel, so the
+    first subscriber's Quote serves the rest. Matching the message by identity keeps this
+    right in any reading order; a subscriber still on an older message merely parses it again.
+    """
+    parsed = _parsed_quotes.get(message.channel)
+    if parsed is not None and parsed[0] is message:
+        return parsed[1]
+    quote = Quote.from_model(codec.quote_from_dict(message.data))
+    _parsed_quotes[message.channel] = (message, quote)
+    return quote
 
 
 @strawberry.type

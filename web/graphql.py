@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from graphql.execution import Executor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
+from starlette.websockets import WebSocketDisconnected as SendAfterClose
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import BaseSchema
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
 from strawberry.types.unset import UnsetType
 
 from dataloaders import build_loaders
@@ -23,8 +32,57 @@ from schema.context import Context
 from web.auth import ANONYMOUS, Authentication, authenticate, bearer
 from web.playground import render_playground
 
+log = logging.getLogger(__name__)
+
+
+class PerEventMemoExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's executor, minus graphql-core 3.3's memory leak in subscriptions (bench F1).
+
+    graphql-core 3.3.1 and 3.3.2 (the latest release) build each event's executor as a
+    shallow copy of the subscription's (``build_per_event_executor``), so every event shares
+    one ``_relevant_sub_fields`` memo, keyed by the identity of a field list that each event
+    creates afresh and kept alive by the memo: an entry per event for as long as the
+    subscription lives (~1 KB per quote delivered). No version avoids it: strawberry 0.341
+    needs 3.3 (3.2 does not even import), and 3.3.0 shares the memo too, keyed by ids of
+    objects it lets die (their reuse can return another field's entry; 3.3.1 fixed that).
+    https://github.com/graphql-python/graphql-core/blob/v3.3.2/src/graphql/execution/executor.py
+    We found no upstream report. tests/web/test_subscription_memory.py fails once graphql-core
+    stops sharing the memo: then this class and its use in web/app.py can go.
+    """
+
+    def build_per_event_executor(self, payload: Any) -> Executor[Any]:
+        executor = super().build_per_event_executor(payload)
+        # A memo per event still spares the work for every item of a list within the event.
+        # _stream_usages is shared the same way, but only @stream fills it and this schema
+        # has no @stream.
+        executor._relevant_sub_fields = {}
+        return executor
+
+
+class _WebSocket(ASGIWebSocketAdapter):
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        try:
+            await super().send_json(message)
+        except SendAfterClose as exc:
+            # Starlette refuses every send after one failed (or after a close): the
+            # client is gone just as when the failed send raised WebSocketDisconnect.
+            raise WebSocketDisconnected from exc
+
+
+class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_task_exception(self, error: Exception) -> None:
+        if isinstance(error, WebSocketDisconnected):
+            # A client that goes away while its subscription sends is normal, not an
+            # error; strawberry would log each one at ERROR with a traceback (bench F9).
+            log.debug("subscriber disconnected while a message was sent to it")
+            return
+        await super().handle_task_exception(error)
+
 
 class KianaxGraphQL(GraphQL[Context, None]):
+    websocket_adapter_class = _WebSocket
+    graphql_transport_ws_handler_class = _TransportWSHandler
+
     def __init__(self, schema: BaseSchema) -> None:
         super().__init__(
             schema,

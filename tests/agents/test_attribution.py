@@ -17,7 +17,9 @@ ALWAYS_BUYS = "Buy $100 of MSFT. Max position size: $10,000"
 ORDERS = """{ orders(first: 20) { edges { node {
   id agentId agent { id name } execution { id outcome agent { id } }
 } } } }"""
-ALLOCATION = "{ portfolio(broker: PAPER) { equity allocation { percent amount used agent { id } } } }"
+ALLOCATION = """{ portfolio(broker: PAPER) {
+  equity allocation { percent amount used agent { id } }
+} }"""
 
 
 async def orders_of(user: SignedIn) -> dict[str, dict[str, Any]]:
