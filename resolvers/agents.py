@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import strawberry
 
@@ -13,10 +13,12 @@ from domain import notifications as notes
 from domain.agents import service as agents
 from domain.agents.execution import agents_channel
 from domain.agents.types import AgentStatus
+from domain.auth import service as auth
 from domain.auth.actor import Scope
 from domain.triggers import spec
 from kianax.broadcast import SubscriptionLost
 from schema import agents as types
+from schema.auth import TwoFactorRequired
 from schema.context import Context, Info
 from schema.errors import NotFound, RateLimited, UserError, ValidationError
 from schema.errors import SubscriptionLost as Resubscribe
@@ -37,13 +39,23 @@ def to_user_error(exc: agents.AgentError) -> UserError:
 async def _run(
     ctx: Context, scope: Scope, act: Callable[[UnitOfWork], Awaitable[T]]
 ) -> T | UserError:
-    """One unit of work; an expected failure rolls it back, so bad input changes nothing."""
+    """One unit of work; an expected failure rolls it back, so bad input changes nothing.
+    A missing or wrong two-factor code is asked for before anything changes, and commits:
+    a failed code's audit record stays."""
     actor = ctx.require_actor(scope)
     try:
         async with ctx.db.transaction(actor.user_id) as uow:
-            return await act(uow)
+            try:
+                return await act(uow)
+            except auth.TwoFactorRequired as exc:
+                return TwoFactorRequired(code=exc.code, message=exc.message)
     except agents.AgentError as exc:
         return to_user_error(exc)
+
+
+def _second_factor(ctx: Context, uow: UnitOfWork, code: str | None) -> agents.SecondFactor:
+    actor = ctx.require_actor(Scope.AGENTS)
+    return lambda: ctx.auth.require_fresh_code(uow, actor, code)
 
 
 def _id(raw: strawberry.ID | str, what: str = "agent") -> uuid.UUID:
@@ -143,8 +155,12 @@ async def create_agent(info: Info, input: types.CreateAgentInput) -> types.Agent
             triggers=tuple(
                 _trigger(t, f"triggers[{i}].") for i, t in enumerate(input.triggers or ())
             ),
+            broker=input.broker,
         )
-        return _saved(ctx.agents, await ctx.agents.create(uow, draft))
+        saved = await ctx.agents.create(
+            uow, draft, second_factor=_second_factor(ctx, uow, input.totp_code)
+        )
+        return _saved(ctx.agents, saved)
 
     return await _run(ctx, Scope.AGENTS, act)  # type: ignore[return-value]
 
@@ -161,24 +177,36 @@ async def update_agent(
             prompt=input.prompt,
             llm=None if input.llm is None else _llm(input.llm),
             risk=None if input.risk_limits is None else _risk(input.risk_limits),
+            broker=input.broker,
         )
-        return _saved(ctx.agents, await ctx.agents.update(uow, _id(id), changes))
+        saved = await ctx.agents.update(
+            uow, _id(id), changes, second_factor=_second_factor(ctx, uow, input.totp_code)
+        )
+        return _saved(ctx.agents, saved)
 
     return await _run(ctx, Scope.AGENTS, act)  # type: ignore[return-value]
 
 
-async def _set_status(info: Info, id: strawberry.ID, status: AgentStatus) -> types.AgentResult:
+async def _set_status(
+    info: Info, id: strawberry.ID, status: AgentStatus, totp_code: str | None = None
+) -> types.AgentResult:
     ctx = info.context
 
     async def act(uow: UnitOfWork) -> types.AgentSaved:
-        agent = await ctx.agents.set_status(uow, _id(id), status)
+        agent = await ctx.agents.set_status(
+            uow, _id(id), status, second_factor=_second_factor(ctx, uow, totp_code)
+        )
         return types.AgentSaved(agent=types.Agent.of(agent), webhook_secrets=[])
 
     return await _run(ctx, Scope.AGENTS, act)  # type: ignore[return-value]
 
 
-async def activate_agent(info: Info, id: strawberry.ID) -> types.AgentResult:
-    return await _set_status(info, id, AgentStatus.ACTIVE)
+async def activate_agent(
+    info: Info,
+    id: strawberry.ID,
+    totp_code: Annotated[str | None, strawberry.argument(description=types.TOTP_CODE)] = None,
+) -> types.AgentResult:
+    return await _set_status(info, id, AgentStatus.ACTIVE, totp_code)
 
 
 async def pause_agent(info: Info, id: strawberry.ID) -> types.AgentResult:

@@ -17,13 +17,14 @@ from db.models import Trigger as TriggerRow
 from domain.agents import decision
 from domain.agents import types as t
 from domain.auth.actor import Scope
+from domain.trading import types as trading_types
 from domain.trading.risk import Allocation
 from domain.triggers import spec
-from schema.auth import Node
+from schema.auth import Node, TwoFactorRequired
 from schema.context import Info
 from schema.errors import BadInput, NotFound, RateLimited, ValidationError
 from schema.market import PageInfo, Sentiment
-from schema.trading import Order, OrderType, make_cursor, parse_cursor
+from schema.trading import BrokerKind, Order, OrderType, make_cursor, parse_cursor
 
 AgentStatus = strawberry.enum(t.AgentStatus, name="AgentStatus")
 AgentKind = strawberry.enum(t.AgentKind, name="AgentKind")
@@ -264,7 +265,7 @@ class AgentExecution(Node):
     @strawberry.field(  # type: ignore[untyped-decorator]
         description="ordered | held | risk_rejected | refused | invalid_output | unavailable "
         "| model_error | paused | agent_deleted | trigger_removed | trigger_disabled | busy "
-        "| not_queued | internal_error; null while running."
+        "| not_queued | broker_unavailable | internal_error; null while running."
     )
     def outcome(self) -> str | None:
         return self.row.outcome
@@ -333,6 +334,13 @@ class Agent(Node):
             model=self.row.llm_model,
             temperature=self.row.llm_temperature,
         )
+
+    @strawberry.field(  # type: ignore[untyped-decorator]
+        description="Where it trades: the paper account, or the connected broker account it "
+        "was set up for. Its allocation, positions and P&L are measured there."
+    )
+    def broker(self) -> BrokerKind:  # type: ignore[valid-type]
+        return self.row.broker
 
     @strawberry.field
     def risk_limits(self) -> AgentRiskLimits:
@@ -530,6 +538,12 @@ class TriggerInput:
     )
 
 
+TOTP_CODE = (
+    "A current two-factor code (or a recovery code), due when 2FA is on and the agent will "
+    "trade a LIVE broker account: real money."
+)
+
+
 @strawberry.input
 class CreateAgentInput:
     name: str
@@ -538,6 +552,11 @@ class CreateAgentInput:
     llm: LlmSettingsInput | None = None
     risk_limits: AgentRiskLimitsInput
     triggers: list[TriggerInput] | None = None
+    broker: BrokerKind = strawberry.field(  # type: ignore[valid-type]
+        default=trading_types.BrokerKind.PAPER,
+        description="Where the agent trades; ALPACA needs a connected Alpaca account.",
+    )
+    totp_code: str | None = strawberry.field(default=None, description=TOTP_CODE)
 
 
 @strawberry.input
@@ -547,6 +566,13 @@ class UpdateAgentInput:
     prompt: str | None = None
     llm: LlmSettingsInput | None = None
     risk_limits: AgentRiskLimitsInput | None = None
+    broker: BrokerKind | None = strawberry.field(  # type: ignore[valid-type]
+        default=None,
+        description="Absent: unchanged. ALPACA sets the agent to trade the Alpaca account "
+        "connected now; only an agent with no positions or open orders where it trades "
+        "now can move.",
+    )
+    totp_code: str | None = strawberry.field(default=None, description=TOTP_CODE)
 
 
 # ---------------------------------------------------------------- results
@@ -572,7 +598,9 @@ class AgentRunQueued:
     execution: AgentExecution
 
 
-AgentResult = Annotated[AgentSaved | NotFound | ValidationError, strawberry.union("AgentResult")]
+AgentResult = Annotated[
+    AgentSaved | NotFound | ValidationError | TwoFactorRequired, strawberry.union("AgentResult")
+]
 RunAgentResult = Annotated[
     AgentRunQueued | NotFound | ValidationError | RateLimited, strawberry.union("RunAgentResult")
 ]

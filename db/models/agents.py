@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     ForeignKey,
+    ForeignKeyConstraint,
     LargeBinary,
     Numeric,
     String,
@@ -22,11 +23,19 @@ from db.base import Base, UserOwned
 from db.models.trading import MONEY, _enum
 from domain.agents.decision import LlmProvider
 from domain.agents.types import AgentKind, AgentStatus, ExecutionStatus
+from domain.trading.types import BrokerKind
 from domain.triggers.spec import TriggerType
 
 
 class Agent(UserOwned, Base):
     __tablename__ = "agents"
+    __table_args__ = (
+        # The owner is part of the key: an agent can only name its own user's connection.
+        ForeignKeyConstraint(
+            ["user_id", "broker_connection_id"],
+            ["broker_connections.user_id", "broker_connections.id"],
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     kind: Mapped[AgentKind] = mapped_column(_enum(AgentKind, "agent_kind"))
@@ -42,6 +51,12 @@ class Agent(UserOwned, Base):
     max_position_value: Mapped[Decimal | None] = mapped_column(MONEY)
     max_daily_trades: Mapped[int | None]
     allocation_percent: Mapped[Decimal] = mapped_column(Numeric(7, 4))
+    # Where it trades: the paper account (no connection), or the account of the broker
+    # connection it was set up for -- that one, not whichever connection comes next.
+    broker: Mapped[BrokerKind] = mapped_column(
+        _enum(BrokerKind, "broker_kind"), server_default=BrokerKind.PAPER.value
+    )
+    broker_connection_id: Mapped[uuid.UUID | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deleted_at: Mapped[datetime | None]

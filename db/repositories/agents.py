@@ -95,9 +95,17 @@ async def count_agents(session: AsyncSession, user_id: uuid.UUID) -> int:
 
 
 async def allocation_sum(
-    session: AsyncSession, user_id: uuid.UUID, *, excluding: uuid.UUID | None = None
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+    *,
+    excluding: uuid.UUID | None = None,
 ) -> Decimal:
-    statement = select(func.coalesce(func.sum(Agent.allocation_percent), 0)).where(_live(user_id))
+    """What the live agents trading one account are allocated: the paper account's (None)
+    or a broker connection's."""
+    statement = select(func.coalesce(func.sum(Agent.allocation_percent), 0)).where(
+        _live(user_id), Agent.broker_connection_id.is_not_distinct_from(connection_id)
+    )
     if excluding is not None:
         statement = statement.where(Agent.id != excluding)
     return Decimal(await session.scalar(statement) or 0)

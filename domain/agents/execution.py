@@ -11,6 +11,11 @@ A run happens in three steps, so no database transaction is held while a model t
    `TradingService.place` (agent limits, allocation, then the user's limits: nothing a
    model says bypasses them), write the notifications and finish the row.
 
+An agent trades one account: the paper account, or the account of the broker connection
+it was set up for. A run whose connection is gone or needs attention fails and places
+nothing; it is checked when the run starts and again, with the connection locked so it
+cannot be disconnected meanwhile, before the orders go out.
+
 Step 3 commits its orders and the finished row together, so a worker that dies before the
 commit leaves no order behind, and its retry (same row, still RUNNING) starts over. Each
 order's clientOrderId is derived from (execution id, action index), so two workers on the
@@ -32,8 +37,9 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from db.engine import Database, UnitOfWork
-from db.models import Agent, AgentExecution, Order
+from db.models import Account, Agent, AgentExecution, BrokerConnection, Order
 from db.repositories import agents as repo
+from db.repositories import brokers as broker_repo
 from db.repositories import trading as trading_repo
 from domain import notifications
 from domain.agents.decision import (
@@ -50,11 +56,12 @@ from domain.agents.decision import (
 from domain.agents.llm import parse_decision
 from domain.agents.registry import PROVIDER_NAMES, ModelRegistry
 from domain.agents.types import AgentStatus, ExecutionStatus
+from domain.brokers.types import ConnectionStatus
 from domain.market.models import Timeframe
 from domain.market.service import MarketDataError, MarketService
 from domain.trading import risk
 from domain.trading import service as trading
-from domain.trading.types import OrderRequest, OrderSide, OrderType
+from domain.trading.types import BrokerKind, OrderRequest, OrderSide, OrderType
 from domain.triggers.spec import TriggerConfigError, TriggerType, config_from_json
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ MODEL_DEADLINE_SECONDS = 90.0
 NEWS_ITEMS = 5
 RECENT_DECISIONS = 5
 MAX_WATCHED = 10  # one action per symbol, and a decision has at most ten (llm.MAX_ACTIONS)
+BROKER_UNAVAILABLE = "broker_unavailable"
 _SUMMARY_LENGTH = 300
 
 
@@ -178,9 +186,46 @@ def agent_limits(agent: Agent) -> risk.AgentLimits:
     )
 
 
+def unusable(broker: BrokerKind, connection: BrokerConnection | None) -> str | None:
+    """Why an agent cannot trade through `connection` now; None when it can."""
+    name = broker.value.title()
+    if connection is None or connection.status is ConnectionStatus.DISCONNECTED:
+        return (
+            f"the {name} account this agent was set up to trade is no longer connected; "
+            "connect it and set the agent's broker again"
+        )
+    if connection.status is not ConnectionStatus.CONNECTED:
+        return f"the {name} connection needs attention: {connection.last_error or 'reconnect it'}"
+    return None
+
+
+async def broker_problem(uow: UnitOfWork, agent: Agent, *, lock: bool = False) -> str | None:
+    """Why `agent` cannot trade its account now; None when it can (paper always can)."""
+    if agent.broker_connection_id is None:
+        return None
+    assert uow.user_id is not None
+    connection = await broker_repo.connection(
+        uow.session, uow.user_id, agent.broker_connection_id, lock=lock
+    )
+    return unusable(agent.broker, connection)
+
+
+async def agent_account(uow: UnitOfWork, engine: trading.TradingService, agent: Agent) -> Account:
+    """The account the agent trades. A disconnected connection's account stays: what the
+    agent did there is still measured there."""
+    if agent.broker_connection_id is None:
+        return await engine.account(uow)
+    assert uow.user_id is not None
+    account = await broker_repo.account_for_connection(
+        uow.session, uow.user_id, agent.broker_connection_id
+    )
+    assert account is not None, "a connection is stored with its account"
+    return account
+
+
 @dataclass(frozen=True, slots=True)
 class AgentBook:
-    """An agent's share of the portfolio right now."""
+    """An agent's share of the account it trades, right now."""
 
     equity: Decimal
     buying_power: Decimal
@@ -191,12 +236,17 @@ class AgentBook:
 async def agent_books(
     uow: UnitOfWork, engine: trading.TradingService, agents: Sequence[Agent]
 ) -> dict[uuid.UUID, AgentBook]:
-    """Each agent's allocation, measured as the trading engine's agent checks measure it."""
-    valuation = await engine.valuation(uow)
+    """Each agent's allocation in the account it trades, measured as the trading engine's
+    agent checks measure it: one valuation per account."""
     assert uow.user_id is not None
     open_orders = await trading_repo.open_orders(uow.session, uow.user_id)
+    valuations: dict[uuid.UUID | None, trading.Valuation] = {}
     books: dict[uuid.UUID, AgentBook] = {}
     for agent in agents:
+        key = agent.broker_connection_id
+        if key not in valuations:
+            valuations[key] = await engine.valuation(uow, await agent_account(uow, engine, agent))
+        valuation = valuations[key]
         positions = {
             p.position.symbol: (p.position.quantity, p.position.cost_basis)
             for p in valuation.positions
@@ -205,7 +255,14 @@ async def agent_books(
         snapshot = risk.AgentSnapshot(
             equity=valuation.equity,
             positions={s: risk.AgentHolding(q, c) for s, (q, c) in positions.items()},
-            reserved=sum((o.reserved for o in open_orders if o.agent_id == agent.id), Decimal(0)),
+            reserved=sum(
+                (
+                    o.reserved
+                    for o in open_orders
+                    if o.agent_id == agent.id and o.account_id == valuation.account.id
+                ),
+                Decimal(0),
+            ),
         )
         books[agent.id] = AgentBook(
             equity=valuation.equity,
@@ -305,6 +362,11 @@ class Executor:
                 await uow.session.flush()
                 self._publish(uow, row)
                 return row.id, agent, None
+            problem = await broker_problem(uow, agent)
+            if problem is not None:
+                # Failed, not skipped: the agent is meant to run, and the user must act.
+                await self._fail(uow, row, agent, BROKER_UNAVAILABLE, problem, "placed nothing")
+                return row.id, agent, None
             context = await self.context(uow, agent, req)
             row.context = to_json(context)
             await uow.session.flush()
@@ -367,6 +429,12 @@ class Executor:
                 await uow.session.flush()
                 self._publish(uow, row)
                 return
+            # Locked: the connection cannot be disconnected (nor another take its place)
+            # until these orders are placed and committed.
+            problem = await broker_problem(uow, agent, lock=True)
+            if problem is not None:
+                await self._fail(uow, row, agent, BROKER_UNAVAILABLE, problem, "placed nothing")
+                return
             checks: list[dict[str, Any]] = []
             placed: list[Order] = []
             refused: list[str] = []
@@ -394,15 +462,13 @@ class Executor:
                 outcome = "held"
                 summary = "Held: " + result.decision.reasoning
             if refused:
-                await notifications.notify(
+                await self._notify(
                     uow,
-                    self.publisher,
-                    kind="agent.order_refused",
-                    title=f"Agent {agent.name}: order refused",
-                    body=f"Agent {agent.name} wanted to {'; '.join(refused)}.",
-                    at=self.clock(),
-                    agent_id=agent.id,
-                    execution_id=row.id,
+                    agent,
+                    row,
+                    "agent.order_refused",
+                    "order refused",
+                    f"Agent {agent.name} wanted to {'; '.join(refused)}.",
                 )
             self._finish(uow, row, ExecutionStatus.SUCCEEDED, outcome, summary)
             await uow.session.flush()
@@ -447,6 +513,7 @@ class Executor:
                 queue_when_closed=False,
                 execution_id=row.id,
                 agent_limits=agent_limits(agent),
+                broker=agent.broker,
             )
         except trading.RiskRejected as exc:
             return {**entry, "placed": False, "rule": exc.rule, "message": exc.message,
@@ -493,15 +560,8 @@ class Executor:
         body = f"Agent {agent.name} placed an order to {_describe_order(order)}{at}."
         if "reducedFrom" in entry:
             body += " It was reduced to fit the agent's allocation."
-        await notifications.notify(
-            uow,
-            self.publisher,
-            kind="agent.order",
-            title=f"Agent {agent.name}: {order.side.value} {order.symbol}",
-            body=body,
-            at=self.clock(),
-            agent_id=agent.id,
-            execution_id=row.id,
+        await self._notify(
+            uow, agent, row, "agent.order", f"{order.side.value} {order.symbol}", body
         )
 
     async def _finish_failed(
@@ -520,20 +580,44 @@ class Executor:
             [agent] = await repo.agents_by_ids(uow.session, req.user_id, [req.agent_id])
             if result is not None:
                 self._record_model(row, result)
-            row.error = error
-            self._finish(uow, row, ExecutionStatus.FAILED, outcome, f"Failed ({outcome}): {error}")
-            await notifications.notify(
-                uow,
-                self.publisher,
-                kind="agent.failed",
-                title=f"Agent {agent.name}: run failed",
-                body=f"Agent {agent.name} made no decision: {error}",
-                at=self.clock(),
-                agent_id=agent.id,
-                execution_id=row.id,
-            )
-            await uow.session.flush()
-            self._publish(uow, row)
+            await self._fail(uow, row, agent, outcome, error, "made no decision")
+
+    async def _fail(
+        self,
+        uow: UnitOfWork,
+        row: AgentExecution,
+        agent: Agent,
+        outcome: str,
+        error: str,
+        what: str,
+    ) -> None:
+        row.error = error
+        self._finish(uow, row, ExecutionStatus.FAILED, outcome, f"Failed ({outcome}): {error}")
+        await self._notify(
+            uow, agent, row, "agent.failed", "run failed", f"Agent {agent.name} {what}: {error}"
+        )
+        await uow.session.flush()
+        self._publish(uow, row)
+
+    async def _notify(
+        self,
+        uow: UnitOfWork,
+        agent: Agent,
+        row: AgentExecution,
+        kind: str,
+        headline: str,
+        body: str,
+    ) -> None:
+        await notifications.notify(
+            uow,
+            self.publisher,
+            kind=kind,
+            title=f"Agent {agent.name}: {headline}",
+            body=body,
+            at=self.clock(),
+            agent_id=agent.id,
+            execution_id=row.id,
+        )
 
     def _record_model(self, row: AgentExecution, result: ModelResult) -> None:
         row.prompt = result.prompt

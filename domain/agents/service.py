@@ -2,9 +2,16 @@
 
 Everything a user saves is checked when it is saved: a rules strategy the grammar does not
 cover is refused quoting the phrase it could not read, an LLM prompt must name the symbols
-it may trade, trigger configs validate themselves, and a user's agents together may be
-allocated at most 100% of the portfolio. Changes to one user's agents are serialized (see
-`repo.lock_agents_of`), so quotas and the allocation sum hold under concurrent requests.
+it may trade, trigger configs validate themselves, and the agents trading one account may
+together be allocated at most 100% of it. Changes to one user's agents are serialized (see
+`repo.lock_agents_of`), so quotas and the allocation sums hold under concurrent requests.
+
+An agent trades the paper account or the user's connected broker account. It is bound to
+the connection it was saved with, so a connection replaced by another never hands its
+agents over. Letting an agent trade a LIVE account is letting software spend real money:
+like connecting LIVE keys, it takes a current two-factor code when the user has 2FA on --
+on creating such an agent, on changing what it does (broker, strategy, model, limits) and
+on activating it.
 """
 
 from __future__ import annotations
@@ -23,17 +30,25 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from db.engine import Database, UnitOfWork
-from db.models import Agent, AgentExecution, Trigger
+from db.models import Agent, AgentExecution, BrokerConnection, Trigger
 from db.repositories import agents as repo
+from db.repositories import brokers as broker_repo
 from db.repositories import trading as trading_repo
 from domain import audit
 from domain.agents.decision import LlmProvider
-from domain.agents.execution import Executor, RunRequest, agent_books
+from domain.agents.execution import (
+    Executor,
+    RunRequest,
+    agent_account,
+    agent_books,
+    unusable,
+)
 from domain.agents.registry import DEFAULT_MODELS, PROVIDER_NAMES
 from domain.agents.rules import StrategyParseError, parse_strategy, watched_symbols
 from domain.agents.types import AgentKind, AgentStatus, ExecutionStatus
 from domain.auth.ratelimit import Limit, RateLimiter
 from domain.brokers.crypto import KeyRing, SealedSecret, open_sealed, seal
+from domain.brokers.types import BrokerEnvironment, ConnectionStatus
 from domain.market.service import MarketDataError, MarketService
 from domain.trading import risk
 from domain.trading.service import TradingError, Valuation
@@ -90,6 +105,12 @@ _TICKER = re.compile(r"(?<![\w$])(\$)?([A-Z]{1,5}(?:\.[A-Z]{1,2})?)(?![\w.])")
 
 class Publisher(Protocol):
     async def publish(self, channel: str, message: Any) -> None: ...
+
+
+# Asks the person acting for a current two-factor code when they have 2FA on; raises
+# domain.auth.service.TwoFactorRequired when it is missing or wrong. Called before anything
+# is written, so a refusal can commit its audit record and nothing else.
+SecondFactor = Callable[[], Awaitable[None]]
 
 
 # ---------------------------------------------------------------- expected failures
@@ -158,6 +179,7 @@ class AgentDraft:
     description: str | None = None
     llm: LlmChoice = field(default_factory=LlmChoice)
     triggers: tuple[TriggerDraft, ...] = ()
+    broker: BrokerKind = BrokerKind.PAPER
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +191,13 @@ class AgentChanges:
     prompt: str | None = None
     llm: LlmChoice | None = None
     risk: RiskChoice | None = None
+    # Given, even unchanged, it binds the agent to the broker's current connection.
+    broker: BrokerKind | None = None
+
+    @property
+    def changes_trading(self) -> bool:
+        """Whether it changes what the agent does with money, not only how it is named."""
+        return any(v is not None for v in (self.prompt, self.llm, self.risk, self.broker))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +244,9 @@ class AgentService:
 
     # --- saving
 
-    async def create(self, uow: UnitOfWork, draft: AgentDraft) -> Saved:
+    async def create(
+        self, uow: UnitOfWork, draft: AgentDraft, *, second_factor: SecondFactor
+    ) -> Saved:
         user_id = _user(uow)
         await repo.lock_agents_of(uow.session, user_id)
         if await repo.count_agents(uow.session, user_id) >= MAX_AGENTS:
@@ -224,7 +255,10 @@ class AgentService:
         description = _description(draft.description)
         provider, model, temperature = self._llm(draft.llm)
         symbols = await self._symbols(draft.prompt, provider)
-        limits = await self._risk(uow, draft.risk, None)
+        connection = await self._connection(uow, draft.broker)
+        limits = await self._risk(uow, draft.risk, None, _id_of(connection))
+        if _real_money(connection):
+            await second_factor()  # created ACTIVE: it may trade at its next trigger
         now = self.clock()
         agent = Agent(
             id=uuid.uuid4(),
@@ -241,6 +275,8 @@ class AgentService:
             max_position_value=limits.max_position_value,
             max_daily_trades=limits.max_daily_trades,
             allocation_percent=limits.allocation_percent,
+            broker=draft.broker,
+            broker_connection_id=_id_of(connection),
             created_at=now,
             updated_at=now,
         )
@@ -257,53 +293,113 @@ class AgentService:
                 "name": name,
                 "provider": provider.value,
                 "allocation": str(limits.allocation_percent),
+                **_broker_payload(draft.broker, connection),
             },
         )
         self._triggers_changed(uow)
         await uow.session.refresh(agent)  # the values as stored (numeric scales)
         return Saved(agent, created)
 
-    async def update(self, uow: UnitOfWork, agent_id: uuid.UUID, changes: AgentChanges) -> Saved:
+    async def update(
+        self,
+        uow: UnitOfWork,
+        agent_id: uuid.UUID,
+        changes: AgentChanges,
+        *,
+        second_factor: SecondFactor,
+    ) -> Saved:
+        """Every change is checked before any is made, so a refusal changes nothing."""
         user_id = _user(uow)
         await repo.lock_agents_of(uow.session, user_id)
         agent = await self._agent(uow, agent_id, lock=True)
-        if changes.name is not None:
-            agent.name = await self._name(uow, changes.name, agent.id)
-        if changes.description is not None:
-            agent.description = _description(changes.description)
+        name = None if changes.name is None else await self._name(uow, changes.name, agent.id)
+        description = None if changes.description is None else _description(changes.description)
+        strategy: tuple[str, list[str], LlmProvider, str, Decimal] | None = None
         if changes.llm is not None or changes.prompt is not None:
             llm = changes.llm or LlmChoice(
                 agent.llm_provider, agent.llm_model, agent.llm_temperature
             )
             provider, model, temperature = self._llm(llm)
             prompt = agent.prompt if changes.prompt is None else changes.prompt
-            agent.symbols = await self._symbols(prompt, provider)
-            agent.prompt = prompt.strip()
-            agent.llm_provider, agent.llm_model, agent.llm_temperature = (
-                provider,
-                model,
-                temperature,
+            symbols = await self._symbols(prompt, provider)
+            strategy = (prompt.strip(), symbols, provider, model, temperature)
+        if changes.broker is None:
+            connection = await self._bound(uow, agent)
+            connection_id = agent.broker_connection_id
+        else:
+            connection = await self._connection(uow, changes.broker)
+            connection_id = _id_of(connection)
+            if connection_id != agent.broker_connection_id:
+                await self._check_movable(uow, agent)
+        limits: RiskChoice | None = None
+        if changes.risk is not None or connection_id != agent.broker_connection_id:
+            # Moving to another account, the allocation must fit among that account's agents.
+            current = RiskChoice(
+                agent.allocation_percent, agent.max_position_value, agent.max_daily_trades
             )
-        if changes.risk is not None:
-            limits = await self._risk(uow, changes.risk, agent.id)
+            limits = await self._risk(uow, changes.risk or current, agent.id, connection_id)
+        if changes.changes_trading and _real_money(connection):
+            await second_factor()
+
+        if name is not None:
+            agent.name = name
+        if description is not None:
+            agent.description = description
+        if strategy is not None:
+            (
+                agent.prompt,
+                agent.symbols,
+                agent.llm_provider,
+                agent.llm_model,
+                agent.llm_temperature,
+            ) = strategy
+        if limits is not None:
             agent.allocation_percent = limits.allocation_percent
             agent.max_position_value = limits.max_position_value
             agent.max_daily_trades = limits.max_daily_trades
+        if changes.broker is not None:
+            agent.broker = changes.broker
+            agent.broker_connection_id = connection_id
         agent.updated_at = self.clock()
         await uow.session.flush()
+        payload: dict[str, Any] = {
+            "fields": sorted(k for k, v in vars_of(changes).items() if v is not None)
+        }
+        if changes.broker is not None:
+            payload |= _broker_payload(changes.broker, connection)
         await audit.record(
             uow.session,
             "agent.updated",
             user_id=user_id,
             entity="agent",
             entity_id=agent.id,
-            payload={"fields": sorted(k for k, v in vars_of(changes).items() if v is not None)},
+            payload=payload,
         )
         await uow.session.refresh(agent)
         return Saved(agent)
 
-    async def set_status(self, uow: UnitOfWork, agent_id: uuid.UUID, status: AgentStatus) -> Agent:
+    async def set_status(
+        self,
+        uow: UnitOfWork,
+        agent_id: uuid.UUID,
+        status: AgentStatus,
+        *,
+        second_factor: SecondFactor,
+    ) -> Agent:
+        """Pause or activate. Activating checks the agent's broker connection as saving
+        does: an agent is active only where it can trade."""
         agent = await self._agent(uow, agent_id, lock=True)
+        if (
+            status is AgentStatus.ACTIVE
+            and agent.status is AgentStatus.PAUSED
+            and agent.broker_connection_id is not None
+        ):
+            connection = await self._bound(uow, agent)
+            problem = unusable(agent.broker, connection)
+            if problem is not None:
+                raise AgentInvalid("broker", problem)
+            if _real_money(connection):
+                await second_factor()
         if agent.status is not status:
             agent.status = status
             agent.updated_at = self.clock()
@@ -520,27 +616,38 @@ class AgentService:
         self, uow: UnitOfWork, valuation: Valuation
     ) -> list[tuple[uuid.UUID | None, Decimal, risk.Allocation]]:
         """How `valuation`'s portfolio is shared: (agent id, percent, allocation) per live
-        agent, then the rest, the user's own (None). Agents trade the paper account only, so
-        a broker account is all the user's. What deleted agents still hold counts as the
-        user's: nothing else can spend from it."""
+        agent trading that account, then the rest, the user's own (None). What deleted agents
+        and agents moved elsewhere still hold there counts as the user's: no agent spends
+        from it any more."""
         user_id = _user(uow)
         account = valuation.account
-        paper = account.broker is BrokerKind.PAPER
-        agents = await repo.agents(uow.session, user_id) if paper else []
+        agents = [
+            a
+            for a in await repo.agents(uow.session, user_id)
+            if a.broker_connection_id == account.broker_connection_id
+        ]
         orders = await trading_repo.open_orders(uow.session, user_id)
+        # Positions are read again, after the orders: a fill since `valuation` was taken
+        # moves its cost from an open order to a position, and must be seen in one of them.
+        positions = await trading_repo.positions(uow.session, account.id)
         live = {a.id for a in agents}
 
         def owner(agent_id: uuid.UUID | None) -> uuid.UUID | None:
             return agent_id if agent_id in live else None
 
         def share(agent_id: uuid.UUID | None, percent: Decimal) -> risk.Allocation:
+            # The user's share may hold one symbol in several rows (their own, a deleted
+            # agent's): one holding per symbol.
+            holdings: dict[str, risk.AgentHolding] = {}
+            for p in positions:
+                if owner(p.agent_id) == agent_id:
+                    quantity, cost = holdings.get(p.symbol, (Decimal(0), Decimal(0)))
+                    holdings[p.symbol] = risk.AgentHolding(
+                        quantity + p.quantity, cost + p.cost_basis
+                    )
             snapshot = risk.AgentSnapshot(
                 equity=valuation.equity,
-                positions={
-                    p.position.symbol: risk.AgentHolding(p.position.quantity, p.position.cost_basis)
-                    for p in valuation.positions
-                    if owner(p.position.agent_id) == agent_id
-                },
+                positions=holdings,
                 reserved=sum(
                     (
                         o.reserved
@@ -660,7 +767,11 @@ class AgentService:
         return found
 
     async def _risk(
-        self, uow: UnitOfWork, choice: RiskChoice, agent_id: uuid.UUID | None
+        self,
+        uow: UnitOfWork,
+        choice: RiskChoice,
+        agent_id: uuid.UUID | None,
+        connection_id: uuid.UUID | None,
     ) -> RiskChoice:
         percent = choice.allocation_percent
         field_of = "riskLimits."
@@ -676,14 +787,67 @@ class AgentService:
         trades = choice.max_daily_trades
         if trades is not None and not 0 <= trades <= 10_000:
             raise AgentInvalid(f"{field_of}maxDailyTrades", "must be between 0 and 10,000")
-        others = await repo.allocation_sum(uow.session, _user(uow), excluding=agent_id)
+        others = await repo.allocation_sum(
+            uow.session, _user(uow), connection_id, excluding=agent_id
+        )
         if others + percent > 100:
+            account = "paper account" if connection_id is None else "broker account"
             raise AgentInvalid(
                 f"{field_of}allocationPercent",
-                f"your agents would be allocated {_percent(others + percent)} of the portfolio; "
-                f"at most 100% is possible ({_percent(100 - others)} is free)",
+                f"your agents trading this {account} would be allocated "
+                f"{_percent(others + percent)} of it; at most 100% is possible "
+                f"({_percent(100 - others)} is free)",
             )
         return choice
+
+    async def _connection(self, uow: UnitOfWork, broker: BrokerKind) -> BrokerConnection | None:
+        """The connection an agent set to trade `broker` is bound to; None for paper."""
+        if broker is BrokerKind.PAPER:
+            return None
+        connection = await broker_repo.active_connection(uow.session, _user(uow), broker)
+        if connection is None:
+            raise AgentInvalid(
+                "broker",
+                f"connect your {broker.value.title()} account first; "
+                "the agent trades through that connection",
+            )
+        problem = unusable(broker, connection)
+        if problem is not None:
+            raise AgentInvalid("broker", problem)
+        return connection
+
+    async def _bound(self, uow: UnitOfWork, agent: Agent) -> BrokerConnection | None:
+        if agent.broker_connection_id is None:
+            return None
+        return await broker_repo.connection(uow.session, _user(uow), agent.broker_connection_id)
+
+    async def _check_movable(self, uow: UnitOfWork, agent: Agent) -> None:
+        """An agent leaves an account it can still trade only empty-handed: what it holds
+        or has on order there would be left with nobody managing it, outside its
+        allocation. A disconnected account's are out of Kianax's reach either way."""
+        if agent.broker_connection_id is not None:
+            current = await self._bound(uow, agent)
+            if current is None or current.status is ConnectionStatus.DISCONNECTED:
+                return
+        user_id = _user(uow)
+        if await repo.open_orders_of(uow.session, user_id, agent.id):
+            raise AgentInvalid(
+                "broker", "the agent has open orders; cancel them before it trades elsewhere"
+            )
+        account = await agent_account(uow, self.executor.trading, agent)
+        held = sorted(
+            {
+                p.symbol
+                for p in await trading_repo.positions(uow.session, account.id)
+                if p.agent_id == agent.id
+            }
+        )
+        if held:
+            raise AgentInvalid(
+                "broker",
+                f"the agent holds {', '.join(held)} where it trades now; "
+                "close those positions before it trades elsewhere",
+            )
 
     async def _add_triggers(
         self,
@@ -777,6 +941,28 @@ def vars_of(changes: AgentChanges) -> dict[str, Any]:
 def _user(uow: UnitOfWork) -> uuid.UUID:
     assert uow.user_id is not None, "agents always act for a user"
     return uow.user_id
+
+
+def _id_of(connection: BrokerConnection | None) -> uuid.UUID | None:
+    return None if connection is None else connection.id
+
+
+def _real_money(connection: BrokerConnection | None) -> bool:
+    return (
+        connection is not None
+        and connection.status is not ConnectionStatus.DISCONNECTED
+        and connection.environment is BrokerEnvironment.LIVE
+    )
+
+
+def _broker_payload(broker: BrokerKind, connection: BrokerConnection | None) -> dict[str, str]:
+    if connection is None:
+        return {"broker": broker.value}
+    return {
+        "broker": broker.value,
+        "broker_connection_id": str(connection.id),
+        "environment": connection.environment.value,
+    }
 
 
 def _description(raw: str | None) -> str | None:

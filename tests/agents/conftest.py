@@ -15,10 +15,11 @@ from starlette.applications import Starlette
 from domain.auth.mail import LogMailSender
 from jobs.worker import WorkerSettings
 from kianax.settings import Settings
+from tests.brokers.conftest import brokers, fake
 from tests.conftest import SignedIn
 from tests.trading.conftest import paper_broker
 
-__all__ = ["paper_broker"]
+__all__ = ["brokers", "fake", "paper_broker"]
 
 SEED_STRATEGY = (
     "Buy AAPL when RSI < 30 and price drops 3%+. Sell when RSI > 70 or profit reaches 5%. "
@@ -26,7 +27,7 @@ SEED_STRATEGY = (
 )
 
 AGENT_FIELDS = """
-  id name description kind status prompt symbols
+  id name description kind status prompt symbols broker
   llm { provider model temperature }
   riskLimits { maxPositionValue maxDailyTrades allocationPercent }
   allocation { percent amount used agent { id } }
