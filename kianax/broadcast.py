@@ -14,14 +14,20 @@ is where 0.3.1 goes wrong. Compared with broadcaster 0.3.1:
   jittered exponential backoff, re-subscribes every channel still in use and resumes
   delivery; reconnects are logged and counted. ``publish`` retries for at most
   ``publish_timeout`` seconds and then raises :class:`BroadcastUnavailable`.
-* **Bounded queues.** Each subscription buffers at most ``queue_size`` messages. A
-  ``strict`` subscription (the default: orders, portfolio) is terminated on overflow and
-  its iterator raises :class:`SubscriberTooSlow`; a ``coalesce`` subscription (quotes)
-  keeps only the latest message per channel. The reader never awaits a subscriber.
+* **Bounded queues, no backlog in the hub.** Each subscription buffers at most
+  ``queue_size`` messages. A ``strict`` subscription (the default: orders, portfolio) is
+  terminated on overflow and its iterator raises :class:`SubscriberTooSlow`; a
+  ``coalesce`` subscription (quotes) keeps only the latest message per channel. The
+  reader hands each message to those queues as it reads it (there is no queue in
+  between, so under overload quotes are coalesced rather than delayed) and never awaits a
+  subscriber; it lets other tasks run after ``queue_size`` messages or
+  ``MAX_BURST_SECONDS``, whichever comes first.
 * **Race-free subscribe/unsubscribe.** A subscriber is registered for its channels
   before anything is awaited, and the backend SUBSCRIBE/UNSUBSCRIBE of a channel is
   serialised by a per-channel lock. ``subscribe()`` returns only once Redis has
   acknowledged the SUBSCRIBE, so every message published afterwards is delivered.
+  :meth:`Subscription.add` and :meth:`Subscription.remove` change a live subscription's
+  channels with the same guarantees, without ending it.
 * **Serialise once.** ``publish`` encodes JSON once; the receiving process decodes each
   Redis message once and hands the same :class:`Message` to every local subscriber
   (treat ``Message.data`` as read-only). ``stats`` counts encodes and decodes.
@@ -45,7 +51,7 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -81,6 +87,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE: Final = 256
+# How long the reader may route one burst of messages before it lets other tasks run.
+MAX_BURST_SECONDS: Final = 0.02
 
 # Errors that mean "the connection to Redis is (or may be) gone" rather than a bug.
 _CONNECTION_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -193,13 +201,6 @@ class _Counters:
 # --------------------------------------------------------------------------- backend
 
 
-class _Reconnected:
-    """Marker placed in the backend's event stream after a reconnect."""
-
-
-_RECONNECTED: Final = _Reconnected()
-
-
 class _AckWaiter:
     """A ``subscribe`` call waiting for the ``seq``-th confirmation of its channel."""
 
@@ -226,6 +227,9 @@ class RedisPubSubBackend(BroadcastBackend):
     * ``publish`` uses a separate, small connection pool (``max_publish_connections``)
       and retries connection errors for at most ``publish_timeout`` seconds, then
       raises :class:`BroadcastUnavailable`.
+    * It pushes rather than queues: the reader awaits :attr:`on_message` for each
+      message (``Broadcast`` sets it), so nothing piles up between Redis and the
+      subscriptions. ``next_published`` is therefore not available.
     """
 
     def __init__(
@@ -279,12 +283,13 @@ class RedisPubSubBackend(BroadcastBackend):
         self._sent: dict[str, int] = {}
         self._acked: dict[str, int] = {}
         self._waiters: dict[str, list[_AckWaiter]] = {}
-        self._events: asyncio.Queue[Event | _Reconnected] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._publisher: Redis | None = None
 
+        self.on_message: Callable[[Event], Awaitable[None]] | None = None
+        """Awaited by the reader for each message, in order; must be set before connect."""
         self.on_reconnect: Callable[[], None] | None = None
-        """Called (from ``next_published``, in stream order) after each reconnect."""
+        """Called by the reader after each reconnect, before the first message after it."""
         self.reconnects = 0
         self.connection_losses = 0
         self.publish_retries = 0
@@ -304,7 +309,9 @@ class RedisPubSubBackend(BroadcastBackend):
         """
         if self._task is not None:
             raise RuntimeError("backend already connected")
-        self._events = asyncio.Queue()  # bound to this event loop, nothing stale in it
+        deliver = self.on_message
+        if deliver is None:
+            raise RuntimeError("set on_message before connecting")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._connect_timeout
         delay = self._backoff_initial
@@ -331,7 +338,9 @@ class RedisPubSubBackend(BroadcastBackend):
             **self._named("publish"),
         )
         self._publisher = Redis(connection_pool=pool)
-        self._task = asyncio.create_task(self._supervise(conn), name="kianax-broadcast-reader")
+        self._task = asyncio.create_task(
+            self._supervise(conn, deliver), name="kianax-broadcast-reader"
+        )
 
     async def disconnect(self) -> None:
         task, self._task = self._task, None
@@ -425,12 +434,7 @@ class RedisPubSubBackend(BroadcastBackend):
                 delay = min(delay * 2, 0.5)
 
     async def next_published(self) -> Event:
-        while True:
-            item = await self._events.get()
-            if isinstance(item, Event):
-                return item
-            if self.on_reconnect is not None:
-                self.on_reconnect()
+        raise NotImplementedError("RedisPubSubBackend pushes messages to on_message")
 
     # -- internals -----------------------------------------------------------------
 
@@ -479,11 +483,13 @@ class RedisPubSubBackend(BroadcastBackend):
             raise
         return conn
 
-    async def _supervise(self, conn: AbstractConnection) -> None:
+    async def _supervise(
+        self, conn: AbstractConnection, deliver: Callable[[Event], Awaitable[None]]
+    ) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await self._read(conn)
+                await self._read(conn, deliver)
             except _CONNECTION_ERRORS as exc:
                 self.connection_losses += 1
                 logger.warning(
@@ -528,9 +534,12 @@ class RedisPubSubBackend(BroadcastBackend):
                 len(self._channels),
                 extra={"channel_count": len(self._channels), "reconnects": self.reconnects},
             )
-            self._events.put_nowait(_RECONNECTED)
+            if self.on_reconnect is not None:
+                self.on_reconnect()
 
-    async def _read(self, conn: AbstractConnection) -> None:
+    async def _read(
+        self, conn: AbstractConnection, deliver: Callable[[Event], Awaitable[None]]
+    ) -> None:
         """Read pub/sub replies until the connection fails (raises a connection error)."""
         ping_sent = False
         while True:
@@ -548,8 +557,7 @@ class RedisPubSubBackend(BroadcastBackend):
                 continue  # b"PONG" when nothing is subscribed
             kind = response[0]
             if kind == b"message" and len(response) == 3:
-                channel = _text(response[1])
-                self._events.put_nowait(Event(channel=channel, message=_text(response[2])))
+                await deliver(Event(channel=_text(response[1]), message=_text(response[2])))
             elif kind == b"subscribe":
                 channel = _text(response[1])
                 acked = self._acked[channel] = self._acked.get(channel, 0) + 1
@@ -574,21 +582,16 @@ class Subscription:
     Ends (``StopAsyncIteration``) when the ``subscribe`` context exits or the hub
     disconnects; raises :class:`SubscriberTooSlow` (strict, on overflow) or
     :class:`SubscriptionInterrupted` (strict, after a reconnect, when enabled).
-    Only one task may iterate a subscription.
+    Only one task may iterate a subscription; any task may :meth:`add` or
+    :meth:`remove` channels while it does.
     """
 
-    def __init__(
-        self,
-        channels: tuple[str, ...],
-        *,
-        coalesce: bool,
-        queue_size: int,
-        counters: _Counters,
-    ) -> None:
-        self.channels: Final = channels
+    def __init__(self, hub: Broadcast, *, coalesce: bool) -> None:
         self.coalesce: Final = coalesce
-        self.queue_size: Final = queue_size
-        self._counters = counters
+        self.queue_size: Final = hub.queue_size
+        self._hub = hub
+        self._counters = hub._counters
+        self._channels: dict[str, None] = {}  # an ordered set
         self._fifo: deque[Message] = deque()  # strict
         self._latest: dict[str, Message] = {}  # coalesce: latest message per channel
         self._waiter: asyncio.Future[None] | None = None
@@ -600,6 +603,11 @@ class Subscription:
         return f"<Subscription {policy} {list(self.channels)} pending={self.pending}>"
 
     @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels this subscription receives now."""
+        return tuple(self._channels)
+
+    @property
     def pending(self) -> int:
         """Messages queued and not yet read."""
         return len(self._latest) if self.coalesce else len(self._fifo)
@@ -608,6 +616,17 @@ class Subscription:
     def closed(self) -> bool:
         """Whether no more messages will be queued (closed, failed or overflowed)."""
         return self._closed or self._error is not None
+
+    async def add(self, *channels: str) -> None:
+        """Receive ``channels`` too; like ``subscribe``, returns once Redis confirmed them.
+
+        Raises ``RuntimeError`` once the subscription has ended.
+        """
+        await self._hub._add(self, _channel_names(channels))
+
+    async def remove(self, *channels: str) -> None:
+        """Stop receiving ``channels``; their messages already queued are still read."""
+        await self._hub._remove(self, _channel_names(channels))
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -691,6 +710,13 @@ class _Channel:
         self.closed = False  # the hub disconnected: no more backend calls
 
 
+def _channel_names(channels: tuple[str, ...]) -> tuple[str, ...]:
+    for channel in channels:
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"invalid channel name: {channel!r}")
+    return tuple(dict.fromkeys(channels))
+
+
 def _default_dumps(message: Any) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -743,6 +769,7 @@ class Broadcast:
                 raise ValueError(f"unsupported broadcast URL scheme: {scheme!r}")
         self._backend: BroadcastBackend = backend
         if isinstance(backend, RedisPubSubBackend):
+            backend.on_message = self._deliver
             backend.on_reconnect = self._on_backend_reconnect
         self.queue_size: Final = queue_size
         self._interrupt_strict_on_reconnect = interrupt_strict_on_reconnect
@@ -751,32 +778,40 @@ class Broadcast:
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: set[Subscription] = set()
         self._counters = _Counters()
+        self._running = False
+        # Only for backends that must be polled (next_published); ours pushes.
         self._listener: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._burst = 0  # messages routed since the reader last let other tasks run
+        self._burst_started = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         """Started and (for Redis) the pub/sub connection is up: fit for a health check."""
-        if self._listener is None:
+        if not self._running:
             return False
         backend = self._backend
         return backend.connected if isinstance(backend, RedisPubSubBackend) else True
 
     async def connect(self) -> None:
-        if self._listener is not None:
+        if self._running:
             raise RuntimeError("Broadcast is already connected")
         await self._backend.connect()
-        self._listener = asyncio.create_task(self._listen(), name="kianax-broadcast-listener")
+        self._running = True
+        if not isinstance(self._backend, RedisPubSubBackend):
+            self._listener = asyncio.create_task(self._listen(), name="kianax-broadcast-listener")
 
     async def disconnect(self) -> None:
         """Stop delivery: open subscriptions end (after their queued messages)."""
-        listener, self._listener = self._listener, None
-        if listener is None:
+        if not self._running:
             return
-        listener.cancel()
-        await asyncio.wait([listener])
+        self._running = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.wait([listener])
         for state in self._channels.values():
             state.closed = True
         self._channels.clear()
@@ -808,7 +843,7 @@ class Broadcast:
         first). Raises :class:`BroadcastUnavailable` when Redis cannot be reached
         within ``publish_timeout``.
         """
-        if self._listener is None:
+        if not self._running:
             raise RuntimeError("Broadcast is not connected")
         payload = self._dumps(message)
         self._counters.encodes += 1
@@ -828,14 +863,10 @@ class Broadcast:
         queued messages, then the subscription fails with :class:`SubscriberTooSlow`.
         ``coalesce=True`` (quotes): only the latest message per channel is kept.
         When the context has been entered, every message published afterwards on
-        these channels is delivered (barring a Redis outage).
+        these channels is delivered (barring a Redis outage). ``channels`` may be
+        empty when they are to be added later (:meth:`Subscription.add`).
         """
-        if not channels:
-            raise ValueError("subscribe() needs at least one channel")
-        for channel in channels:
-            if not isinstance(channel, str) or not channel:
-                raise ValueError(f"invalid channel name: {channel!r}")
-        return self._subscription(tuple(dict.fromkeys(channels)), coalesce)
+        return self._subscription(_channel_names(channels), coalesce)
 
     @property
     def stats(self) -> BroadcastStats:
@@ -872,21 +903,10 @@ class Broadcast:
     async def _subscription(
         self, channels: tuple[str, ...], coalesce: bool
     ) -> AsyncIterator[Subscription]:
-        if self._listener is None:
+        if not self._running:
             raise RuntimeError("Broadcast is not connected")
-        sub = Subscription(
-            channels, coalesce=coalesce, queue_size=self.queue_size, counters=self._counters
-        )
-        # Register synchronously, before any await: from now on the listener routes
-        # every message of these channels to this subscription, and a concurrent
-        # subscribe/unsubscribe of the same channel sees it.
-        states: list[_Channel] = []
-        for channel in channels:
-            state = self._channels.get(channel)
-            if state is None:
-                state = self._channels[channel] = _Channel(channel)
-            state.subscribers.add(sub)
-            states.append(state)
+        sub = Subscription(self, coalesce=coalesce)
+        states = self._register(sub, channels)
         self._subscriptions.add(sub)
         try:
             await asyncio.gather(*(self._ensure_subscribed(state) for state in states))
@@ -894,14 +914,56 @@ class Broadcast:
         finally:
             sub._close()
             self._subscriptions.discard(sub)
-            for state in states:
+            await self._release_shielded(self._unregister(sub, sub.channels))
+
+    async def _add(self, sub: Subscription, channels: tuple[str, ...]) -> None:
+        if sub._closed:
+            raise RuntimeError("the subscription has ended")
+        states = self._register(sub, channels)
+        await asyncio.gather(*(self._ensure_subscribed(state) for state in states))
+
+    async def _remove(self, sub: Subscription, channels: tuple[str, ...]) -> None:
+        await self._release_shielded(self._unregister(sub, channels))
+
+    def _register(self, sub: Subscription, channels: Iterable[str]) -> list[_Channel]:
+        """Route ``channels`` to ``sub``; returns the states of those it did not have.
+
+        Synchronous, so it happens before any await: from then on the reader routes every
+        message of these channels to ``sub``, and a concurrent subscribe/unsubscribe of
+        the same channel sees it.
+        """
+        states: list[_Channel] = []
+        for channel in channels:
+            if channel in sub._channels:
+                continue
+            state = self._channels.get(channel)
+            if state is None:
+                state = self._channels[channel] = _Channel(channel)
+            state.subscribers.add(sub)
+            sub._channels[channel] = None
+            states.append(state)
+        return states
+
+    def _unregister(self, sub: Subscription, channels: Iterable[str]) -> list[_Channel]:
+        states: list[_Channel] = []
+        for channel in channels:
+            if channel not in sub._channels:
+                continue
+            del sub._channels[channel]
+            # A state is only dropped once it has no subscribers, or by disconnect().
+            state = self._channels.get(channel)
+            if state is not None:
                 state.subscribers.discard(sub)
-            # Shielded so that a cancelled subscriber (client went away) still
-            # unsubscribes the backend from channels nobody else uses.
-            release = asyncio.ensure_future(self._release(states))
-            self._background.add(release)
-            release.add_done_callback(self._background.discard)
-            await asyncio.shield(release)
+                states.append(state)
+        return states
+
+    async def _release_shielded(self, states: list[_Channel]) -> None:
+        # Shielded so that a cancelled subscriber (client went away) still
+        # unsubscribes the backend from channels nobody else uses.
+        release = asyncio.ensure_future(self._release(states))
+        self._background.add(release)
+        release.add_done_callback(self._background.discard)
+        await asyncio.shield(release)
 
     async def _ensure_subscribed(self, state: _Channel) -> None:
         async with state.lock:
@@ -933,17 +995,31 @@ class Broadcast:
             try:
                 event = await self._backend.next_published()
             except Exception:
-                # Only third-party backends get here; ours never raises.
                 logger.exception("broadcast: backend failed; terminating subscriptions")
                 self._fail_all(SubscriptionLost("the broadcast backend failed"), strict_only=False)
                 await asyncio.sleep(1.0)
                 continue
-            try:
-                self._dispatch(event)
-            except Exception:
-                logger.exception("broadcast: dispatch failed")
-            # Let woken subscribers run before the next message of a burst, so a
-            # subscriber that keeps up is not overrun by one large socket read.
+            await self._deliver(event)
+
+    async def _deliver(self, event: Event) -> None:
+        """Route one message straight to its subscriptions' queues.
+
+        A burst of messages already read (one large socket read) would otherwise be
+        routed without the loop running anything else: after ``queue_size`` messages,
+        or ``MAX_BURST_SECONDS``, the reader lets the woken subscribers (and every other
+        task) run. So a strict subscriber that reads whenever it is woken never
+        overflows, and no channel, however busy, holds the loop for long.
+        """
+        try:
+            self._dispatch(event)
+        except Exception:
+            logger.exception("broadcast: dispatch failed")
+        now = asyncio.get_running_loop().time()
+        if self._burst == 0:
+            self._burst_started = now
+        self._burst += 1
+        if self._burst >= self.queue_size or now - self._burst_started >= MAX_BURST_SECONDS:
+            self._burst = 0
             await asyncio.sleep(0)
 
     def _dispatch(self, event: Event) -> None:

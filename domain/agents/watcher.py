@@ -5,6 +5,11 @@ symbols (so the feed streams them), evaluates each quote of `quotes:{SYMBOL}`, r
 daily indicators (and average volumes) every `indicator_interval`, and queues one agent
 run per firing. It reloads when a user changes triggers (`triggers:changed`, published
 after the commit) and every `refresh_interval` in case such a message was missed.
+
+Like the matcher it reads quotes from one subscription for as long as it runs, whose
+channels (and the quote demand) follow the symbols of its triggers (`QuoteFollower`): a
+change of triggers never cancels the task that evaluates quotes and queues runs, so no
+enqueue is cut off halfway and no quote of a symbol that stays is lost.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from domain.market import codec
 from domain.market.feed import QuoteDemand
 from domain.market.indicators import Indicators
 from domain.market.models import Quote, Timeframe
-from domain.market.service import MarketDataError, MarketService, quote_channel
+from domain.market.service import MarketDataError, MarketService
+from domain.trading.paper import QuoteFollower
 from domain.triggers.index import Firing, IndexedTrigger, TriggerIndex
 from domain.triggers.spec import (
     IndicatorConfig,
@@ -76,7 +82,6 @@ class TriggerWatcher:
         self.indicator_symbols: frozenset[str] = frozenset()
         self.types: dict[uuid.UUID, TriggerType] = {}
         self._previous: dict[str, Indicators] = {}
-        self._changed = asyncio.Event()
         self._reload = asyncio.Event()
         self._indicators_due = True
         self._next_indicators = 0.0
@@ -127,9 +132,7 @@ class TriggerWatcher:
         if indicator_symbols - self.indicator_symbols:
             self._indicators_due = True  # new indicator triggers learn their values at once
         self.indicator_symbols = indicator_symbols
-        if symbols != self.symbols:
-            self.symbols = symbols
-            self._changed.set()
+        self.symbols = symbols
 
     async def on_quote(self, quote: Quote) -> None:
         await self._fire(self.index.evaluate(quote))
@@ -160,6 +163,10 @@ class TriggerWatcher:
             try:
                 await self.enqueue_run(request)
                 self.fired += 1
+            except asyncio.CancelledError:
+                # Only a stopping watcher cancels an enqueue: this run may not be queued.
+                log.warning("queueing an agent run cancelled", extra={"job_id": request.job_id})
+                raise
             except Exception:
                 # One lost enqueue (Redis away) must not stop the watcher.
                 log.exception("could not queue an agent run", extra={"job_id": request.job_id})
@@ -168,48 +175,58 @@ class TriggerWatcher:
         async with self.hub.subscribe(TRIGGERS_CHANGED_CHANNEL, coalesce=True) as sub:
             async for _ in sub:
                 self._reload.set()
+        raise RuntimeError("the triggers:changed subscription ended")
 
-    async def _listen_quotes(self, symbols: list[str]) -> None:
-        if not symbols:
-            await asyncio.Event().wait()  # nothing to watch until triggers change
-        async with (
-            self.demand.hold(symbols),
-            self.hub.subscribe(*(quote_channel(s) for s in symbols), coalesce=True) as sub,
-        ):
-            async for message in sub:
+    async def _listen_quotes(self, quotes: Any) -> None:
+        async for message in quotes:
+            try:
                 await self.on_quote(codec.quote_from_dict(message.data))
+            except Exception:
+                log.exception("a quote could not be evaluated", extra={"channel": message.channel})
+        raise RuntimeError("the quote subscription ended")
 
     async def run(self) -> None:
-        await self.load()
-        changes = asyncio.create_task(self._listen_changes())
-        next_load = time.monotonic() + self.refresh_interval
         try:
-            while True:
-                self._changed.clear()
-                listener = asyncio.create_task(self._listen_quotes(sorted(self.symbols)))
+            async with self.hub.subscribe(coalesce=True) as quotes:
+                follower = QuoteFollower(quotes, self.demand)
                 try:
-                    while not self._changed.is_set():
-                        if self._indicators_due or time.monotonic() >= self._next_indicators:
-                            self._indicators_due = False
-                            await self.refresh_indicators()
-                            self._next_indicators = time.monotonic() + self.indicator_interval
-                        wake = min(next_load, self._next_indicators)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(
-                                self._reload.wait(), max(wake - time.monotonic(), 0)
-                            )
-                        for task in (listener, changes):
-                            if task.done():
-                                task.result()  # surface a crash rather than spin
-                        if self._reload.is_set() or time.monotonic() >= next_load:
-                            self._reload.clear()
-                            await self.load()
-                            next_load = time.monotonic() + self.refresh_interval
+                    await self.load()
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._listen_changes())
+                        group.create_task(self._listen_quotes(quotes))
+                        group.create_task(self._keep_index(follower))
                 finally:
-                    listener.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await listener
-        finally:
-            changes.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await changes
+                    await follower.aclose()
+        except asyncio.CancelledError:
+            log.info("trigger watcher stopped")
+            raise
+        except Exception:
+            log.exception("trigger watcher failed")
+            raise
+
+    async def _keep_index(self, follower: QuoteFollower) -> None:
+        next_load = time.monotonic() + self.refresh_interval
+        while True:
+            if follower.symbols != self.symbols:
+                try:
+                    await follower.follow(self.symbols)
+                except Exception:
+                    # Tried again the next time round.
+                    log.exception("could not follow the quotes of the triggers")
+            if self._indicators_due or time.monotonic() >= self._next_indicators:
+                self._indicators_due = False
+                try:
+                    await self.refresh_indicators()
+                except Exception:
+                    log.exception("could not refresh the indicators")
+                self._next_indicators = time.monotonic() + self.indicator_interval
+            wake = min(next_load, self._next_indicators)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), max(wake - time.monotonic(), 0))
+            if self._reload.is_set() or time.monotonic() >= next_load:
+                self._reload.clear()
+                next_load = time.monotonic() + self.refresh_interval
+                try:
+                    await self.load()
+                except Exception:
+                    log.exception("could not load the market triggers")

@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -612,3 +613,175 @@ async def test_one_encode_and_one_decode_for_fifty_subscribers(redis_url: str) -
         assert receiver.stats.delivered == 50
         assert received[0].data == payload
         assert all(m is received[0] for m in received)  # one decoded object, shared
+
+
+# --------------------------------------------------------------------------- overload
+
+
+def _process(seconds: float) -> None:
+    """Per-message work that holds the event loop, as executing and sending a quote does."""
+    time.sleep(seconds)
+
+
+async def test_a_flood_faster_than_the_process_is_coalesced_not_queued(redis_url: str) -> None:
+    """The process is slower than its publisher: the hub holds no backlog, a coalescing
+    subscriber gets fresh quotes (not old ones from a queue) and a strict subscriber that
+    reads whenever it is woken still gets everything, in order."""
+    channels = [_channel(f"quotes:S{i}") for i in range(4)]
+    loop = asyncio.get_running_loop()
+    raw = Redis.from_url(redis_url)
+    async with (
+        Broadcast(redis_url) as hub,
+        hub.subscribe(*channels, coalesce=True) as quotes,
+        hub.subscribe(*channels) as witness,
+    ):
+        published = 0
+        backlog: list[int] = []  # published (and accepted by Redis) but not yet routed
+        staleness: list[float] = []
+        latest: dict[str, int] = {}
+        last: dict[str, int] = {}
+
+        async def flood(duration: float) -> None:
+            nonlocal published
+            started = loop.time()
+            while loop.time() - started < duration:
+                async with raw.pipeline(transaction=False) as pipe:
+                    for _ in range(25):
+                        for channel in channels:
+                            pipe.publish(channel, json.dumps({"seq": published, "t": loop.time()}))
+                            last[channel] = published
+                            published += 1
+                    await pipe.execute()
+                backlog.append(published - hub.stats.messages_received)
+                await asyncio.sleep(0.01)
+
+        async def consume() -> None:
+            async for message in quotes:
+                staleness.append(loop.time() - message.data["t"])
+                latest[message.channel] = message.data["seq"]
+                _process(0.005)
+
+        got: dict[str, list[int]] = {channel: [] for channel in channels}
+
+        async def witness_reads() -> None:
+            async for message in witness:
+                got[message.channel].append(message.data["seq"])
+
+        def witnessed() -> int:
+            return sum(len(seqs) for seqs in got.values())
+
+        consuming = asyncio.create_task(consume())
+        witnessing = asyncio.create_task(witness_reads())
+        try:
+            await flood(3.0)
+            ended = loop.time()
+            with contextlib.suppress(TimeoutError):
+                await _wait_until(lambda: latest == last, within=3.0)
+            caught_up = loop.time() - ended
+            assert latest == last, (
+                f"3s after the flood the latest quotes had not arrived: the consumer was "
+                f"handling quotes {max(staleness):.1f}s old, {max(backlog)} messages waited"
+            )
+            await _wait_until(lambda: witnessed() == published, within=3.0)
+            # Strict and keeping up: never SubscriberTooSlow (which would end the task).
+            assert not witnessing.done()
+        finally:
+            consuming.cancel()
+            witnessing.cancel()
+            await raw.aclose()
+
+        assert published >= 2000, "the flood was too small to overload the consumer"
+        assert caught_up < 1.0, f"the latest quotes arrived {caught_up:.2f}s after the flood"
+        assert max(staleness) < 1.0, f"a quote was delivered {max(staleness):.2f}s old"
+        assert max(backlog) < 2000, f"up to {max(backlog)} messages waited to be routed"
+        # Coalesced: the consumer handled a small share of the flood, the latest of each.
+        assert len(staleness) < published / 4
+        stats = hub.stats
+        assert stats.coalesced == published - len(staleness)
+        assert stats.messages_received == published
+        # The strict subscriber got everything, in order.
+        for channel in channels:
+            assert got[channel] == sorted(got[channel])
+        assert stats.too_slow == 0
+
+
+# --------------------------------------------------------------------------- live channel changes
+
+
+async def _numsub(redis_url: str, *channels: str) -> dict[str, int]:
+    raw = Redis.from_url(redis_url)
+    try:
+        pairs = await raw.pubsub_numsub(*channels)
+    finally:
+        await raw.aclose()
+    return {_text_of(name): count for name, count in pairs}
+
+
+def _text_of(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_channels_are_added_and_removed_on_a_live_subscription(
+    redis_url: str, variant: str
+) -> None:
+    a, b, c = _channel("live-a"), _channel("live-b"), _channel("live-c")
+    async with _hub_for(redis_url, variant) as hub:
+        async with hub.subscribe() as sub, hub.subscribe(b) as other:
+            assert not sub.channels
+            await sub.add(a)
+            # Confirmed by Redis when add() returns, like subscribe().
+            await hub.publish(a, "a1")
+            assert (await _next(sub)).data == "a1"
+            await sub.add(b, a)  # a is not subscribed twice
+            assert sub.channels == (a, b)
+            await hub.publish(b, "b1")
+            assert (await _next(sub)).data == "b1"
+            assert (await _next(other)).data == "b1"
+
+            await sub.remove(a)
+            assert await _numsub(redis_url, a, b) == {a: 0, b: 1}
+            await hub.publish(a, "a2")
+            await hub.publish(b, "b2")
+            assert (await _next(sub)).data == "b2"  # nothing from a any more
+            assert hub.stats.subscribers == {b: 2}
+
+            # Another subscription still needs b: the backend stays subscribed.
+            await sub.remove(b)
+            assert not sub.channels
+            await hub.publish(b, "b3")
+            assert [m.data for m in await _take(other, 2)] == ["b2", "b3"]
+            assert sub.pending == 0
+            assert await _numsub(redis_url, b) == {b: 1}
+
+            await sub.add(c)
+            reading = asyncio.create_task(_next(sub))
+            await hub.publish(c, "c1")
+            assert (await reading).data == "c1"
+        # Leaving releases the channels added along the way.
+        await asyncio.sleep(0.1)
+        assert hub.stats.subscribers == {}
+        assert await _numsub(redis_url, a, b, c) == {a: 0, b: 0, c: 0}
+        with pytest.raises(RuntimeError, match="ended"):
+            await sub.add(a)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_a_channel_removed_and_added_again_at_once_stays_subscribed(
+    redis_url: str, variant: str
+) -> None:
+    async with _hub_for(redis_url, variant) as hub, hub.subscribe(coalesce=True) as sub:
+        for step in range(10):
+            channel = _channel(f"readd{step}")
+            await sub.add(channel)
+            # The removal's UNSUBSCRIBE is still on its way when the channel comes back.
+            removing = asyncio.create_task(sub.remove(channel))
+            for _ in range(step + 1):
+                await asyncio.sleep(0)
+            await sub.add(channel)
+            await removing
+            await hub.publish(channel, step)
+            assert (await _next(sub, within=2.0)).data == step
+            await sub.remove(channel)
+        await asyncio.sleep(0.1)
+        assert hub.stats.subscribers == {}
