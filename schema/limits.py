@@ -1,12 +1,19 @@
-"""Abuse limits beyond depth and aliases: credential mutations alone, a per-user budget."""
+"""Abuse limits: depth, aliases, credential mutations alone, a per-user budget."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
 
-from graphql import FieldNode, GraphQLError, OperationDefinitionNode, OperationType, ValidationRule
-from strawberry.extensions import SchemaExtension
+from graphql import (
+    ASTValidationRule,
+    FieldNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+    ValidationRule,
+)
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 
 from domain.auth.ratelimit import REQUESTS_PER_USER, RateLimiter
 from schema.errors import RateLimitedError
@@ -43,6 +50,19 @@ class CredentialMutationsAlone(ValidationRule):
                     node,
                 )
             )
+
+
+def validation_rules(*, max_depth: int, max_aliases: int) -> list[type[ASTValidationRule]]:
+    """The schema's own validation rules, for one AddValidationRules built once per schema.
+
+    ValidationCache keys its entries by the rule classes, and each QueryDepthLimiter or
+    MaxAliasesLimiter makes a new class: made per request, they made every request a miss.
+    """
+    return [
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+        CredentialMutationsAlone,
+    ]
 
 
 class RequestBudget(SchemaExtension):

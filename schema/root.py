@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
+from graphql.execution import Executor
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import ExecutionContext
 
 from kianax.logs import request_id_var
-from schema.limits import CredentialMutationsAlone, RequestBudget
+from schema.limits import RequestBudget, validation_rules
 from schema.roots.agents import AgentsMutation, AgentsQuery, AgentsSubscription
 from schema.roots.auth import AuthMutation, AuthQuery
 from schema.roots.brokers import BrokerMutation, BrokerQuery
@@ -73,9 +74,34 @@ class KianaxSchema(strawberry.Schema):
                 )
 
 
+class PerEventMemoExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's executor, minus graphql-core 3.3's memory leak in subscriptions (bench F1).
+
+    graphql-core 3.3.1 and 3.3.2 (the latest release) build each event's executor as a
+    shallow copy of the subscription's (``build_per_event_executor``), so every event shares
+    one ``_relevant_sub_fields`` memo, keyed by the identity of a field list that each event
+    creates afresh and kept alive by the memo: an entry per event for as long as the
+    subscription lives (~1 KB per quote delivered). No version avoids it: strawberry 0.341
+    needs 3.3 (3.2 does not even import), and 3.3.0 shares the memo too, keyed by ids of
+    objects it lets die (their reuse can return another field's entry; 3.3.1 fixed that).
+    https://github.com/graphql-python/graphql-core/blob/v3.3.2/src/graphql/execution/executor.py
+    We found no upstream report. tests/web/test_subscription_memory.py fails once graphql-core
+    stops sharing the memo: then this class and its use in build_schema can go.
+    """
+
+    def build_per_event_executor(self, payload: Any) -> Executor[Any]:
+        executor = super().build_per_event_executor(payload)
+        # A memo per event still spares the work for every item of a list within the event.
+        # _stream_usages is shared the same way, but only @stream fills it and this schema
+        # has no @stream.
+        executor._relevant_sub_fields = {}
+        return executor
+
+
 def build_schema(
     *, max_depth: int = 12, max_aliases: int = 30, max_tokens: int = 4000
 ) -> KianaxSchema:
+    rules = validation_rules(max_depth=max_depth, max_aliases=max_aliases)
     return KianaxSchema(
         query=Query,
         mutation=Mutation,
@@ -83,11 +109,10 @@ def build_schema(
         extensions=[
             lambda: MaxTokensLimiter(max_token_count=max_tokens),
             lambda: ParserCache(maxsize=1024),
-            lambda: QueryDepthLimiter(max_depth=max_depth),
-            lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
-            lambda: AddValidationRules([CredentialMutationsAlone]),
+            lambda: AddValidationRules(rules),
             lambda: ValidationCache(maxsize=1024),
             RequestBudget,
             lambda: KianaxMaskErrors(should_mask_error=_is_unexpected),
         ],
+        execution_context_class=PerEventMemoExecutor,
     )

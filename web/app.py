@@ -16,7 +16,7 @@ from kianax.settings import Settings
 from kianax.wiring import services
 from schema.root import build_schema
 from web.export import export_fills, export_orders
-from web.graphql import KianaxGraphQL, PerEventMemoExecutor
+from web.graphql import KianaxGraphQL
 from web.health import healthz, readyz
 from web.hooks import receive as receive_webhook
 from web.middleware import RequestIdMiddleware
@@ -34,7 +34,6 @@ def create_app(
         max_aliases=settings.graphql_max_aliases,
         max_tokens=settings.graphql_max_tokens,
     )
-    schema.execution_context_class = PerEventMemoExecutor  # subscriptions leak without it
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from graphql.execution import Executor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.websockets import WebSocket
@@ -17,7 +16,6 @@ from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import BaseSchema
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -33,30 +31,6 @@ from web.auth import ANONYMOUS, Authentication, authenticate, bearer
 from web.playground import render_playground
 
 log = logging.getLogger(__name__)
-
-
-class PerEventMemoExecutor(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's executor, minus graphql-core 3.3's memory leak in subscriptions (bench F1).
-
-    graphql-core 3.3.1 and 3.3.2 (the latest release) build each event's executor as a
-    shallow copy of the subscription's (``build_per_event_executor``), so every event shares
-    one ``_relevant_sub_fields`` memo, keyed by the identity of a field list that each event
-    creates afresh and kept alive by the memo: an entry per event for as long as the
-    subscription lives (~1 KB per quote delivered). No version avoids it: strawberry 0.341
-    needs 3.3 (3.2 does not even import), and 3.3.0 shares the memo too, keyed by ids of
-    objects it lets die (their reuse can return another field's entry; 3.3.1 fixed that).
-    https://github.com/graphql-python/graphql-core/blob/v3.3.2/src/graphql/execution/executor.py
-    We found no upstream report. tests/web/test_subscription_memory.py fails once graphql-core
-    stops sharing the memo: then this class and its use in web/app.py can go.
-    """
-
-    def build_per_event_executor(self, payload: Any) -> Executor[Any]:
-        executor = super().build_per_event_executor(payload)
-        # A memo per event still spares the work for every item of a list within the event.
-        # _stream_usages is shared the same way, but only @stream fills it and this schema
-        # has no @stream.
-        executor._relevant_sub_fields = {}
-        return executor
 
 
 class _WebSocket(ASGIWebSocketAdapter):

@@ -137,7 +137,7 @@ async def test_a_long_quotes_subscription_does_not_retain_memory_per_event(
 
 def test_graphql_core_still_shares_its_memo_between_subscription_events() -> None:
     """When this fails, graphql-core no longer leaks (or has moved the memo): delete
-    web.graphql.PerEventMemoExecutor and its use in web/app.py, and keep the test above."""
+    schema.root.PerEventMemoExecutor and its use in build_schema, and keep the test above."""
     schema = graphql.build_schema(
         "type Query { a: Int } type Tick { n: Int } type Subscription { tick: Tick }"
     )
