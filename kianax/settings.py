@@ -43,8 +43,11 @@ class Settings(BaseSettings):
     app_database_url: str | None = None
     app_db_role: str = "kianax_app"
     app_db_password: str = DEV_APP_DB_PASSWORD
-    db_pool_size: int = 10
-    db_max_overflow: int = 20
+    # Connections each process (API, worker, feed) keeps open, and how many more it may open
+    # for a burst and close again. Several processes share PostgreSQL's max_connections
+    # (100 by default): 3 x (20 + 5) leaves room for migrations and administration.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
 
     # Unset -> `kianax run` starts an embedded Redis-compatible server.
     redis_url: str | None = None

@@ -47,3 +47,21 @@ def test_runtime_url_swaps_in_the_app_role() -> None:
 def test_malformed_key_list_is_refused() -> None:
     with pytest.raises(ValueError, match="kid:secret"):
         _ = Settings(jwt_keys="no-separator").jwt_key_ring
+
+
+def test_database_pool_defaults_fit_three_processes_in_max_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings()
+    assert (settings.db_pool_size, settings.db_max_overflow) == (20, 5)
+    # API, worker and feed each have a pool; PostgreSQL allows 100 connections by default.
+    assert 3 * (settings.db_pool_size + settings.db_max_overflow) <= 80
+    monkeypatch.setenv("KIANAX_DB_POOL_SIZE", "8")
+    monkeypatch.setenv("KIANAX_DB_MAX_OVERFLOW", "0")
+    assert (Settings().db_pool_size, Settings().db_max_overflow) == (8, 0)
+
+
+@pytest.mark.parametrize("field", [{"db_pool_size": 0}, {"db_max_overflow": -1}])
+def test_impossible_pool_sizes_are_refused(field: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=next(iter(field))):
+        Settings.model_validate(field)
