@@ -627,11 +627,11 @@ class TradingService:
             _add_open(open_buys, open_sells, order)
         session_start = _session_start(now)
         five_sessions_ago = _sessions_back(now, 5)
-        sectors = {}
-        for symbol in holdings:
-            details = await self.market.details(symbol)
-            if details and details.sector:
-                sectors[symbol] = details.sector
+        sectors = {
+            symbol: details.sector
+            for symbol, details in (await self.market.details_many(holdings)).items()
+            if details and details.sector
+        }
         return risk.AccountSnapshot(
             buying_power=account.cash - account.reserved,
             equity=valuation.equity,
