@@ -9,8 +9,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from db.engine import UnitOfWork
-from db.models import Notification
+from db.models import Notification, Order
 from db.repositories import agents as repo
+from domain.trading.types import OrderSide
 
 MAX_TITLE = 200
 
@@ -63,6 +64,27 @@ async def notify(
     channel = notifications_channel(uow.user_id)
     uow.after_commit(lambda: publisher.publish(channel, payload))
     return row
+
+
+async def agent_order_filled(
+    uow: UnitOfWork, publisher: Publisher, order: Order, at: datetime
+) -> Notification:
+    """ "Agent Dip Buyer bought 10 AAPL @ $150.12", once an agent's order has filled."""
+    assert order.agent_id is not None and order.average_fill_price is not None
+    [agent] = await repo.agents_by_ids(uow.session, order.user_id, [order.agent_id])
+    verb = "bought" if order.side is OrderSide.BUY else "sold"
+    quantity = format(order.filled_quantity.normalize(), ",f")
+    return await notify(
+        uow,
+        publisher,
+        kind="agent.filled",
+        title=f"Agent {agent.name} {verb} {order.symbol}",
+        body=f"Agent {agent.name} {verb} {quantity} {order.symbol} "
+        f"@ ${order.average_fill_price:,.2f}.",
+        at=at,
+        agent_id=agent.id,
+        execution_id=order.execution_id,
+    )
 
 
 async def list_notifications(

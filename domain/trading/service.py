@@ -21,7 +21,7 @@ from db.engine import UnitOfWork
 from db.models import Account, Fill, Order, PortfolioSnapshot, Position, RiskLimitsRow
 from db.repositories import brokers as broker_repo
 from db.repositories import trading as repo
-from domain import audit
+from domain import audit, notifications
 from domain.brokers.types import ConnectionStatus
 from domain.market.calendar import is_open, next_close, next_open, sessions_between
 from domain.market.models import Quote
@@ -964,6 +964,8 @@ class TradingService:
     async def _after_complete(
         self, uow: UnitOfWork, order: Order, fill: FillEvent, *, opened: bool
     ) -> None:
+        if order.agent_id is not None:
+            await notifications.agent_order_filled(uow, self.publisher, order, self.clock())
         if order.parent_id is not None:
             # One-cancels-other: the first exit leg to fill cancels its sibling.
             for sibling in await repo.open_orders(uow.session, order.user_id, lock=True):

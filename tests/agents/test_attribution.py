@@ -3,6 +3,7 @@ them, and the portfolio shows each agent's share beside the user's own."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +18,8 @@ ALWAYS_BUYS = "Buy $100 of MSFT. Max position size: $10,000"
 ORDERS = """{ orders(first: 20) { edges { node {
   id agentId agent { id name } execution { id outcome agent { id } }
 } } } }"""
+ORDER = "query($id: ID!) { order(id: $id) { status filledQuantity averageFillPrice } }"
+NOTIFICATIONS = "{ notifications(first: 20) { edges { node { kind title body } } } }"
 ALLOCATION = """{ portfolio(broker: PAPER) {
   equity allocation { percent amount used agent { id } }
 } }"""
@@ -26,6 +29,22 @@ async def orders_of(user: SignedIn) -> dict[str, dict[str, Any]]:
     body = await user.gql(ORDERS)
     assert "errors" not in body, body
     return {e["node"]["id"]: e["node"] for e in body["data"]["orders"]["edges"]}
+
+
+async def filled_order(user: SignedIn, order_id: str) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        body = await user.gql(ORDER, {"id": order_id})
+        order: dict[str, Any] = body["data"]["order"]
+        if order["status"] == "FILLED":
+            return order
+        assert asyncio.get_running_loop().time() < deadline, order
+        await asyncio.sleep(0.05)
+
+
+async def notes_of(user: SignedIn) -> list[dict[str, Any]]:
+    body = await user.gql(NOTIFICATIONS)
+    return [e["node"] for e in body["data"]["notifications"]["edges"]]
 
 
 async def allocation_of(user: SignedIn) -> tuple[Decimal, list[dict[str, Any]]]:
@@ -62,6 +81,18 @@ async def test_orders_and_the_portfolio_name_the_agent_and_its_run(
     }
     mine = orders[own_order["id"]]
     assert (mine["agentId"], mine["agent"], mine["execution"]) == (None, None, None)
+
+    # Once the agent's order fills, Alice hears what it bought and at what price.
+    filled = await filled_order(alice, agent_order["id"])
+    notes = await notes_of(alice)
+    bought = f"Agent Dip Buyer bought {Decimal(filled['filledQuantity']).normalize():f} MSFT"
+    assert {
+        "kind": "agent.filled",
+        "title": "Agent Dip Buyer bought MSFT",
+        "body": f"{bought} @ ${Decimal(filled['averageFillPrice']):,.2f}.",
+    } in notes, notes
+    assert not [n for n in notes if "AAPL" in n["title"]], "a person's own fills are not news"
+    assert await notes_of(bob) == []
 
     equity, slices = await allocation_of(alice)
     agent_slice, own_slice = slices

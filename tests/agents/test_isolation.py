@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from arq.worker import Worker
 
+from domain.trading.paper import PaperMatcher
 from tests.agents.conftest import AGENT, create, executions, run, run_to_end
 from tests.conftest import SignedIn
 from tests.ws import graphql_ws
@@ -22,7 +23,17 @@ async def notes_of(user: SignedIn) -> list[dict[str, Any]]:
     return [e["node"] for e in body["data"]["notifications"]["edges"]]
 
 
-async def test_a_second_user_sees_nothing_of_the_first(signup: Any, worker: Worker) -> None:
+async def settled_notes(user: SignedIn, count: int) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(notes := await notes_of(user)) < count:
+        assert asyncio.get_running_loop().time() < deadline, notes
+        await asyncio.sleep(0.05)
+    return notes
+
+
+async def test_a_second_user_sees_nothing_of_the_first(
+    signup: Any, worker: Worker, paper_broker: PaperMatcher
+) -> None:
     alice: SignedIn = await signup()
     bob: SignedIn = await signup()
     saved = await create(alice, prompt=ALWAYS_BUYS, triggers=[{"webhook": True}])
@@ -30,7 +41,9 @@ async def test_a_second_user_sees_nothing_of_the_first(signup: Any, worker: Work
     trigger_id = saved["agent"]["triggers"][0]["id"]
     execution = await run_to_end(alice, agent_id)
     assert execution["outcome"] == "ordered"
-    [note] = await notes_of(alice)
+    # The order placed, then filled.
+    filled, note = await settled_notes(alice, 2)
+    assert (filled["kind"], note["kind"]) == ("agent.filled", "agent.order")
 
     assert (await bob.gql("{ agents { edges { node { id } } } }"))["data"]["agents"]["edges"] == []
     assert (await bob.gql(AGENT, {"id": agent_id}))["data"]["agent"] is None
@@ -63,7 +76,7 @@ async def test_a_second_user_sees_nothing_of_the_first(signup: Any, worker: Work
     assert [t["id"] for t in agent["triggers"]] == [trigger_id]
     assert len(await executions(alice, agent_id)) == 1
     marked = await alice.gql("mutation { markNotificationsRead }")
-    assert marked["data"]["markNotificationsRead"] == 1
+    assert marked["data"]["markNotificationsRead"] == 2
     unread = await alice.gql("{ notifications(unreadOnly: true) { edges { node { id } } } }")
     assert unread["data"]["notifications"]["edges"] == []
 
