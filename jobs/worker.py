@@ -17,7 +17,7 @@ from domain.agents.watcher import TriggerWatcher
 from domain.auth.mail import LogMailSender
 from domain.brokers.streams import BrokerStreams
 from domain.trading.paper import PaperMatcher
-from jobs import agents, brokers
+from jobs import agents, brokers, portfolios
 from kianax.settings import load_settings
 from kianax.wiring import services
 
@@ -78,6 +78,7 @@ class WorkerSettings:
     cron_jobs = [
         cron(heartbeat, second={0, 30}, run_at_startup=True),
         cron(agents.schedule_time_triggers, second=0),
+        cron(portfolios.snapshot_portfolios, minute=set(portfolios.SNAPSHOT_MINUTES), second=0),
         # At start-up too: trade events that came while no worker listened are not replayed.
         cron(
             brokers.reconcile_brokers,

@@ -44,6 +44,16 @@ async def ensure_paper_account(
     return account
 
 
+async def account(session: AsyncSession, account_id: uuid.UUID) -> Account | None:
+    return await session.scalar(select(Account).where(Account.id == account_id))
+
+
+async def held_accounts(session: AsyncSession) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(user, account) of every account holding positions (ids only: SECURITY DEFINER)."""
+    rows = await session.execute(text("SELECT user_id, account_id FROM held_accounts()"))
+    return [(user_id, account_id) for user_id, account_id in rows]
+
+
 async def lock_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
     account = await session.scalar(
         select(Account).where(Account.id == account_id).with_for_update()

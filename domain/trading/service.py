@@ -1024,9 +1024,14 @@ class TradingService:
             )
         )
 
-    async def record_snapshot(self, uow: UnitOfWork) -> None:
-        account = await self.account(uow)
-        await self._snapshot(uow, account, self.clock())
+    async def snapshot_account(self, uow: UnitOfWork, account_id: uuid.UUID, at: datetime) -> bool:
+        """One equity point between fills (prices move without them); False when the
+        account is not the acting user's."""
+        account = await repo.account(uow.session, account_id)
+        if account is None:
+            return False
+        await self._snapshot(uow, account, at)
+        return True
 
     # --- reads
 
