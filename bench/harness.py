@@ -52,7 +52,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --------------------------------------------------------------------------- the machine
 
 
-def machine() -> dict[str, str]:
+def machine(redis_url: str = REDIS_URL) -> dict[str, str]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     model = next(
         (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line),
@@ -67,7 +67,7 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "postgresql": asyncio.run(_postgres_version()),
-        "redis": _redis_version(),
+        "redis": _redis_version(redis_url),
         "code": _code_version(),
     }
 
@@ -83,8 +83,8 @@ def _code_version() -> str:
     )
 
 
-def _redis_version() -> str:
-    info = Redis.from_url(REDIS_URL).info("server")
+def _redis_version(url: str) -> str:
+    info = Redis.from_url(url).info("server")
     assert isinstance(info, dict)
     return str(info["redis_version"])
 
