@@ -234,8 +234,12 @@ class MarketService:
         )
 
     async def indicators(self, symbol: str, timeframe: Timeframe) -> Indicators:
-        lookback = INDICATOR_LOOKBACK.get(timeframe, MAX_RANGE[timeframe])
-        bars = await self.bars(symbol, timeframe, self.clock() - lookback, None, 300)
+        # The start is floored to the day so that every caller this day shares one cached
+        # range (the newest 300 bars are the same; to the microsecond, none ever did), and
+        # the floor must keep the range within MAX_RANGE.
+        lookback = INDICATOR_LOOKBACK.get(timeframe, MAX_RANGE[timeframe] - timedelta(days=1))
+        start = (self.clock() - lookback).replace(hour=0, minute=0, second=0, microsecond=0)
+        bars = await self.bars(symbol, timeframe, start, None, 300)
         return compute_indicators(bars)
 
     async def news(

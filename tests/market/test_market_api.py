@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from domain.market.models import Timeframe
 from tests.conftest import GraphQLClient
 
 SECURITY = """
@@ -89,4 +90,18 @@ async def test_market_data_is_cached_for_everyone(gql: GraphQLClient, app: Starl
     second = await gql(query)
     after = await market.cache_stats()
     assert first == second
+    assert after.get("bars:hit", 0) - before.get("bars:hit", 0) >= 1
+
+
+async def test_indicators_share_one_cached_range_all_day(app: Starlette) -> None:
+    """Agents ask for indicators on every run: the bars behind them must come from the cache,
+    not from the provider each time (their start used to be exact to the microsecond)."""
+    market = app.state.services.market
+    before = await market.cache_stats()
+    first = await market.indicators("KO", Timeframe.DAY)
+    second = await market.indicators("KO", Timeframe.DAY)
+    minute = await market.indicators("KO", Timeframe.MINUTE)  # floored within MAX_RANGE
+    after = await market.cache_stats()
+    assert first == second
+    assert minute.rsi14 is not None
     assert after.get("bars:hit", 0) - before.get("bars:hit", 0) >= 1
