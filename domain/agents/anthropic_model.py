@@ -57,35 +57,35 @@ class AnthropicDecisionModel(HostedModel):
     ) -> ModelResult:
         system, user = render_prompt(strategy, context)
         started = time.monotonic()
-        # A client per call: models are built per user key, and a client must not outlive
-        # the event loop its connections belong to.
-        async with anthropic.AsyncAnthropic(
-            api_key=self._api_key,
-            base_url=self._base_url,
-            timeout=self._timeout,
-            max_retries=self._max_retries,
-        ) as client:
-            try:
-                message = await client.messages.create(
-                    model=settings.model,
-                    max_tokens=MAX_OUTPUT_TOKENS,
-                    system=system,
-                    messages=[{"role": "user", "content": user}],
-                    tools=[
-                        {
-                            "name": DECISION_SCHEMA_NAME,
-                            "description": _TOOL_DESCRIPTION,
-                            "input_schema": DECISION_SCHEMA,
-                        }
-                    ],
-                    tool_choice={
-                        "type": "tool",
+        client = self._shared(
+            lambda: anthropic.AsyncAnthropic(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
+        )
+        try:
+            message = await client.messages.create(
+                model=settings.model,
+                max_tokens=MAX_OUTPUT_TOKENS,
+                system=system,
+                messages=[{"role": "user", "content": user}],
+                tools=[
+                    {
                         "name": DECISION_SCHEMA_NAME,
-                        "disable_parallel_tool_use": True,
-                    },
-                )
-            except anthropic.APIError as exc:
-                raise self._error(exc) from exc
+                        "description": _TOOL_DESCRIPTION,
+                        "input_schema": DECISION_SCHEMA,
+                    }
+                ],
+                tool_choice={
+                    "type": "tool",
+                    "name": DECISION_SCHEMA_NAME,
+                    "disable_parallel_tool_use": True,
+                },
+            )
+        except anthropic.APIError as exc:
+            raise self._error(exc) from exc
         latency_ms = round((time.monotonic() - started) * 1000)
 
         tool_input = _tool_input(message)

@@ -50,34 +50,34 @@ class OpenAIDecisionModel(HostedModel):
     ) -> ModelResult:
         system, user = render_prompt(strategy, context)
         started = time.monotonic()
-        # A client per call: models are built per user key, and a client must not outlive
-        # the event loop its connections belong to.
-        async with openai.AsyncOpenAI(
-            api_key=self._api_key,
-            base_url=self._base_url,
-            timeout=self._timeout,
-            max_retries=self._max_retries,
-        ) as client:
-            try:
-                completion = await client.chat.completions.create(
-                    model=settings.model,
-                    messages=[
-                        {"role": "system", "content": system},
-                        {"role": "user", "content": user},
-                    ],
-                    response_format={
-                        "type": "json_schema",
-                        "json_schema": {
-                            "name": DECISION_SCHEMA_NAME,
-                            "strict": True,
-                            "schema": DECISION_SCHEMA,
-                        },
+        client = self._shared(
+            lambda: openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
+        )
+        try:
+            completion = await client.chat.completions.create(
+                model=settings.model,
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": user},
+                ],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": DECISION_SCHEMA_NAME,
+                        "strict": True,
+                        "schema": DECISION_SCHEMA,
                     },
-                    temperature=float(settings.temperature),
-                    max_completion_tokens=MAX_OUTPUT_TOKENS,
-                )
-            except openai.APIError as exc:
-                raise self._error(exc) from exc
+                },
+                temperature=float(settings.temperature),
+                max_completion_tokens=MAX_OUTPUT_TOKENS,
+            )
+        except openai.APIError as exc:
+            raise self._error(exc) from exc
         latency_ms = round((time.monotonic() - started) * 1000)
 
         usage = completion.usage

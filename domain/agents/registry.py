@@ -41,16 +41,23 @@ class ModelRegistry:
         anthropic_base_url: str | None = None,
     ) -> None:
         self.factories: dict[LlmProvider, ModelFactory] = {LlmProvider.RULES: RulesModel}
+        # One instance per provider: it keeps its SDK client (and connections) between runs.
         if openai_api_key:
-            key, url = openai_api_key, openai_base_url
-            self.factories[LlmProvider.OPENAI] = lambda: OpenAIDecisionModel(
-                key, base_url=url, timeout=LLM_TIMEOUT_SECONDS, max_retries=LLM_MAX_RETRIES
+            openai_model = OpenAIDecisionModel(
+                openai_api_key,
+                base_url=openai_base_url,
+                timeout=LLM_TIMEOUT_SECONDS,
+                max_retries=LLM_MAX_RETRIES,
             )
+            self.factories[LlmProvider.OPENAI] = lambda: openai_model
         if anthropic_api_key:
-            akey, aurl = anthropic_api_key, anthropic_base_url
-            self.factories[LlmProvider.ANTHROPIC] = lambda: AnthropicDecisionModel(
-                akey, base_url=aurl, timeout=LLM_TIMEOUT_SECONDS, max_retries=LLM_MAX_RETRIES
+            anthropic_model = AnthropicDecisionModel(
+                anthropic_api_key,
+                base_url=anthropic_base_url,
+                timeout=LLM_TIMEOUT_SECONDS,
+                max_retries=LLM_MAX_RETRIES,
             )
+            self.factories[LlmProvider.ANTHROPIC] = lambda: anthropic_model
 
     def available(self, provider: LlmProvider) -> bool:
         return provider in self.factories

@@ -6,7 +6,9 @@ import json
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
+import openai
 import pytest
 
 from domain.agents.decision import (
@@ -20,6 +22,7 @@ from domain.agents.decision import (
 )
 from domain.agents.llm import DECISION_SCHEMA, DECISION_SCHEMA_NAME, MAX_OUTPUT_TOKENS
 from domain.agents.openai_model import OpenAIDecisionModel
+from domain.agents.registry import ModelRegistry
 from tests.domain.agents.test_llm import INJECTION, action, decision, make_context
 from tests.fakes.openai_server import (
     API_KEY,
@@ -216,3 +219,27 @@ async def test_prompt_injection_stays_inside_the_data_blocks(fake: FakeOpenAI) -
     # Both occurrences are inside the blocks, none in the instructions around them.
     assert strategy_block.count(INJECTION) == 1
     assert context_block.count(INJECTION) == 1
+
+
+async def test_one_client_serves_every_decision(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a client costs ~45 ms of CPU (its TLS context): the server's model keeps one
+    per event loop instead of one per decision."""
+    built: list[openai.AsyncOpenAI] = []
+
+    class Counted(openai.AsyncOpenAI):
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            built.append(self)
+
+    monkeypatch.setattr(openai, "AsyncOpenAI", Counted)
+    registry = ModelRegistry(openai_api_key=API_KEY, openai_base_url=fake.base_url)
+    fake.enqueue(decision_reply(decision(action())), decision_reply(decision(action())))
+    for _ in range(2):
+        found = registry.model(LlmProvider.OPENAI)
+        assert found is not None
+        result = await found.decide(STRATEGY, make_context(), SETTINGS)
+        assert result.decision.actions[0].symbol == "AAPL"
+    assert len(built) == 1
+    assert len(fake.requests) == 2
