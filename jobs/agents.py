@@ -4,7 +4,9 @@ cron of TIME triggers. Thin: the work is domain.agents.execution and .schedule."
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from arq.worker import Retry
@@ -99,9 +101,12 @@ async def run_agent(ctx: dict[str, Any], run: dict[str, Any]) -> str | None:
 
 
 async def schedule_time_triggers(ctx: dict[str, Any]) -> int:
-    """Every minute: queue the runs of the TIME triggers due in this minute."""
+    """Every minute: queue the runs of the TIME triggers due in the tick's minute."""
     svc = ctx["services"]
-    runs = await due_time_runs(svc.db, svc.trading.clock())
+    # The minute the tick was scheduled for (arq's score), not the one it starts in: a tick
+    # that starts late behind a burst of runs must still fire its own minute's triggers.
+    late = max(time.time() - ctx["score"] / 1000, 0.0) if "score" in ctx else 0.0
+    runs = await due_time_runs(svc.db, svc.trading.clock() - timedelta(seconds=late))
     for request in runs:
         await svc.agents.enqueue_run(request)
     if runs:

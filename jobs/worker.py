@@ -77,7 +77,8 @@ class WorkerSettings:
     ]
     cron_jobs = [
         cron(heartbeat, second={0, 30}, run_at_startup=True),
-        cron(agents.schedule_time_triggers, second=0),
+        # Retried if a worker stops mid-tick: its runs' job ids make a second pass harmless.
+        cron(agents.schedule_time_triggers, second=0, max_tries=3),
         cron(portfolios.snapshot_portfolios, minute=set(portfolios.SNAPSHOT_MINUTES), second=0),
         # At start-up too: trade events that came while no worker listened are not replayed.
         cron(
