@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -240,7 +241,8 @@ class MarketService:
         lookback = INDICATOR_LOOKBACK.get(timeframe, MAX_RANGE[timeframe] - timedelta(days=1))
         start = (self.clock() - lookback).replace(hour=0, minute=0, second=0, microsecond=0)
         bars = await self.bars(symbol, timeframe, start, None, 300)
-        return compute_indicators(bars)
+        quote = (await self.quotes([symbol])).get(symbol)
+        return compute_indicators(_with_last_price(bars, quote, timeframe))
 
     async def news(
         self, symbols: Sequence[str] | None, limit: int, before: datetime | None
@@ -261,3 +263,16 @@ class MarketService:
     async def cache_stats(self) -> dict[str, int]:
         raw = await self.redis.hgetall(STATS_KEY)  # type: ignore[misc]
         return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
+
+
+def _with_last_price(bars: list[Bar], quote: Quote | None, timeframe: Timeframe) -> list[Bar]:
+    """The bars with the forming one brought up to the last quote: the cached series may be
+    minutes old, and an agent deciding on a drop must see the drop in its RSI."""
+    if not bars or quote is None:
+        return bars
+    last = bars[-1]
+    if not last.timestamp <= quote.timestamp < last.timestamp + timeframe.duration:
+        return bars
+    price = quote.last
+    forming = replace(last, close=price, high=max(last.high, price), low=min(last.low, price))
+    return [*bars[:-1], forming]
