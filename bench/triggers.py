@@ -15,7 +15,7 @@ stamped in simulated time from 10:00 New York on a Wednesday, so windows and the
 session's elapsed fraction are real.
 
 1. **throughput** -- one child process per case, pinned to one CPU: build a `TriggerIndex`
-   with `replace_all` (the watcher's path), then replay rounds of quotes (every symbol
+   with `replace_all` (all in one go), then replay rounds of quotes (every symbol
    ticks once per round, `--tick-seconds` of simulated time apart) through `evaluate`,
    timing each call. The first 2 simulated minutes are a warm-up, not timed: they fire
    the conditions that already hold when the index starts. Cases, all at 1,000 symbols:

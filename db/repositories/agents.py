@@ -5,19 +5,20 @@ only cross-user reads, and they return ids only."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import BindParameter, and_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Agent, AgentExecution, Fill, Notification, Order, Trigger
 from db.repositories.trading import OPEN
 from domain.agents.types import AgentStatus, ExecutionStatus
+from domain.triggers.spec import TriggerType
 
 # ---------------------------------------------------------------- agents
 
@@ -200,10 +201,32 @@ async def enabled_triggers(session: AsyncSession) -> list[EnabledTrigger]:
     return [EnabledTrigger(*row) for row in rows]
 
 
+async def users_with_enabled_triggers(
+    session: AsyncSession, types: Collection[TriggerType]
+) -> list[uuid.UUID]:
+    """The users with enabled triggers of `types` on active agents (SECURITY DEFINER)."""
+    rows = await session.scalars(
+        text("SELECT DISTINCT user_id FROM enabled_triggers() WHERE type = ANY(:types)"),
+        {"types": [t.value for t in types]},
+    )
+    return list(rows)
+
+
 async def webhook_owner(session: AsyncSession, trigger_id: uuid.UUID) -> uuid.UUID | None:
     """Whose webhook trigger this is (SECURITY DEFINER: the caller is not signed in)."""
     owner = await session.scalar(text("SELECT trigger_for_webhook(:id)"), {"id": trigger_id})
     return owner if isinstance(owner, uuid.UUID) else None
+
+
+def _active(user_id: uuid.UUID | BindParameter[uuid.UUID]) -> Any:
+    """Enabled triggers of the user's live, active agents (joined with Agent)."""
+    return and_(
+        Trigger.user_id == user_id,
+        Trigger.enabled,
+        Agent.user_id == user_id,
+        Agent.deleted_at.is_(None),
+        Agent.status == AgentStatus.ACTIVE,
+    )
 
 
 async def active_triggers(
@@ -213,15 +236,44 @@ async def active_triggers(
     rows = await session.execute(
         select(Trigger, Agent)
         .join(Agent, Agent.id == Trigger.agent_id)
-        .where(
-            Trigger.user_id == user_id,
-            Trigger.id.in_(ids),
-            Trigger.enabled,
-            _live(user_id),
-            Agent.status == AgentStatus.ACTIVE,
-        )
+        .where(_active(user_id), Trigger.id.in_(ids))
     )
     return [(t, a) for t, a in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveTrigger:
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    type: TriggerType
+    config: dict[str, Any]
+    cooldown_seconds: int
+    last_fired_at: datetime | None
+
+
+# Built once: building it was about a third of the cost of each user's read.
+_ACTIVE_OF_TYPES = (
+    select(
+        Trigger.id,
+        Trigger.agent_id,
+        Trigger.type,
+        Trigger.config,
+        Trigger.cooldown_seconds,
+        Trigger.last_fired_at,
+    )
+    .join(Agent, Agent.id == Trigger.agent_id)
+    .where(_active(bindparam("user_id")), Trigger.type.in_(bindparam("types", expanding=True)))
+)
+
+
+async def active_triggers_of_types(
+    session: AsyncSession, user_id: uuid.UUID, types: Collection[TriggerType]
+) -> list[ActiveTrigger]:
+    """The user's enabled triggers of `types` whose agents are live and active, as plain
+    rows of what evaluating them needs: the trigger watcher reads every user's every 30
+    seconds, and ORM objects of the triggers and their agents cost it most of its time."""
+    rows = await session.execute(_ACTIVE_OF_TYPES, {"user_id": user_id, "types": list(types)})
+    return [ActiveTrigger(*row) for row in rows]
 
 
 # ---------------------------------------------------------------- executions

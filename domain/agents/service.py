@@ -930,8 +930,10 @@ class AgentService:
         )
 
     def _triggers_changed(self, uow: UnitOfWork) -> None:
-        # The worker's trigger index reloads at once rather than at its next refresh.
-        uow.after_commit(lambda: self.publisher.publish(TRIGGERS_CHANGED_CHANNEL, {}))
+        # The worker's trigger index reloads this user's triggers at once rather than
+        # everybody's at its next refresh.
+        changed = {"userId": str(_user(uow))}
+        uow.after_commit(lambda: self.publisher.publish(TRIGGERS_CHANGED_CHANNEL, changed))
 
 
 def vars_of(changes: AgentChanges) -> dict[str, Any]:

@@ -3,23 +3,37 @@ worker. The pattern of the paper matcher (domain.trading.paper): it keeps every 
 market trigger of every active agent in a `TriggerIndex`, holds quote demand for their
 symbols (so the feed streams them), evaluates each quote of `quotes:{SYMBOL}`, refreshes
 daily indicators (and average volumes) every `indicator_interval`, and queues one agent
-run per firing. It reloads when a user changes triggers (`triggers:changed`, published
-after the commit) and every `refresh_interval` in case such a message was missed.
+run per firing.
+
+When a user changes triggers, `triggers:changed` (published after the commit) names them
+and only their triggers are read again. Everybody's are read again `refresh_interval`
+after the previous full read ended, in case a message was missed: a read that takes
+longer than the interval is not followed at once by the next. A full read replaces each
+user's triggers as it reads them, so quotes are evaluated in between. The subscription
+is strict, since a message dropped for a later one would lose a user; when it is lost,
+and when it starts, everything is read again.
 
 Like the matcher it reads quotes from one subscription for as long as it runs, whose
 channels (and the quote demand) follow the symbols of its triggers (`QuoteFollower`): a
-change of triggers never cancels the task that evaluates quotes and queues runs, so no
-enqueue is cut off halfway and no quote of a symbol that stays is lost.
+change of triggers never cancels the task that evaluates quotes, so no quote of a symbol
+that stays is lost.
+
+Evaluation does not wait for Redis: each run is queued by a task of its own, at most
+`ENQUEUES_IN_FLIGHT` at once, so a burst of firings (every condition that holds when the
+watcher starts) is queued concurrently while the next quotes are evaluated. With that
+many in flight, evaluation waits for one to finish, which bounds the memory a burst
+takes. A failed enqueue is logged and costs that run only; the enqueues in flight when
+the watcher stops are cancelled, each logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -43,12 +57,13 @@ from domain.triggers.spec import (
     VolumeConfig,
     config_from_json,
 )
+from kianax.broadcast import SubscriptionLost
 
 log = logging.getLogger(__name__)
 
-MARKET_TRIGGERS = frozenset(
-    {TriggerType.PRICE.value, TriggerType.VOLUME.value, TriggerType.INDICATOR.value}
-)
+MARKET_TRIGGERS = (TriggerType.PRICE, TriggerType.VOLUME, TriggerType.INDICATOR)
+# Enough to queue a start-up burst of firings over a handful of Redis connections.
+ENQUEUES_IN_FLIGHT = 16
 
 
 class Hub(Protocol):
@@ -80,59 +95,67 @@ class TriggerWatcher:
         self.symbols: frozenset[str] = frozenset()
         # Symbols whose indicator (or volume) triggers need daily indicators.
         self.indicator_symbols: frozenset[str] = frozenset()
-        self.types: dict[uuid.UUID, TriggerType] = {}
         self._previous: dict[str, Indicators] = {}
         self._reload = asyncio.Event()
+        self._reload_all = False
+        self._changed_users: set[uuid.UUID] = set()
         self._indicators_due = True
         self._next_indicators = 0.0
+        self._enqueue_slots = asyncio.Semaphore(ENQUEUES_IN_FLIGHT)
+        self._enqueues: set[asyncio.Task[None]] = set()
         self.fired = 0
 
     async def load(self) -> None:
+        """Read every user's market triggers again."""
         async with self.db.transaction(None) as uow:
-            enabled = await repo.enabled_triggers(uow.session)
-        by_user: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
-        for row in enabled:
-            if row.type in MARKET_TRIGGERS:
-                by_user[row.user_id].append(row.trigger_id)
-        loaded: list[IndexedTrigger] = []
-        types: dict[uuid.UUID, TriggerType] = {}
-        for user_id, ids in by_user.items():
-            # Each user's triggers are read in that user's scope, under row-level security.
-            async with self.db.transaction(user_id) as uow:
-                found = await repo.active_triggers(uow.session, user_id, ids)
-            for trigger, agent in found:
-                try:
-                    config = config_from_json(trigger.type, trigger.config)
-                except TriggerConfigError:
-                    log.warning("unreadable trigger", extra={"trigger_id": str(trigger.id)})
-                    continue
-                if not isinstance(config, PriceConfig | VolumeConfig | IndicatorConfig):
-                    continue
-                types[trigger.id] = trigger.type
-                loaded.append(
+            users = set(await repo.users_with_enabled_triggers(uow.session, MARKET_TRIGGERS))
+        rejected: list[uuid.UUID] = []
+        # User by user: replacing everybody's triggers in one go (`replace_all`) holds up the
+        # quotes for more than a second at 100,000 triggers.
+        for user_id in users:
+            rejected += self.index.replace_user(user_id, await self._read(user_id))
+        for user_id in self.index.users() - users:
+            self.index.replace_user(user_id, [])
+        self._indexed(rejected)
+
+    async def load_user(self, user_id: uuid.UUID) -> None:
+        """Read one user's market triggers again."""
+        self._indexed(self.index.replace_user(user_id, await self._read(user_id)))
+
+    async def _read(self, user_id: uuid.UUID) -> list[IndexedTrigger]:
+        # Each user's triggers are read in that user's scope, under row-level security.
+        async with self.db.transaction(user_id) as uow:
+            rows = await repo.active_triggers_of_types(uow.session, user_id, MARKET_TRIGGERS)
+        read: list[IndexedTrigger] = []
+        for row in rows:
+            try:
+                config = config_from_json(row.type, row.config)
+            except TriggerConfigError:
+                log.warning("unreadable trigger", extra={"trigger_id": str(row.id)})
+                continue
+            if isinstance(config, PriceConfig | VolumeConfig | IndicatorConfig):
+                read.append(
                     IndexedTrigger(
-                        trigger.id,
+                        row.id,
                         user_id,
-                        agent.id,
+                        row.agent_id,
                         config,
-                        trigger.cooldown_seconds,
-                        trigger.last_fired_at,
+                        row.cooldown_seconds,
+                        row.last_fired_at,
                     )
                 )
-        rejected = self.index.replace_all(loaded)
+        return read
+
+    def _indexed(self, rejected: list[uuid.UUID]) -> None:
         if rejected:
             log.warning(
                 "invalid triggers left out", extra={"trigger_ids": [str(r) for r in rejected]}
             )
-        self.types = types
-        symbols = frozenset(t.config.symbol for t in loaded)
-        indicator_symbols = frozenset(
-            t.config.symbol for t in loaded if not isinstance(t.config, PriceConfig)
-        )
+        indicator_symbols = self.index.indicator_symbols()
         if indicator_symbols - self.indicator_symbols:
             self._indicators_due = True  # new indicator triggers learn their values at once
         self.indicator_symbols = indicator_symbols
-        self.symbols = symbols
+        self.symbols = self.index.symbols()
 
     async def on_quote(self, quote: Quote) -> None:
         await self._fire(self.index.evaluate(quote))
@@ -150,6 +173,11 @@ class TriggerWatcher:
             self._previous[symbol] = current
             await self._fire(firings)
 
+    async def flush(self) -> None:
+        """Wait until the runs of the firings so far are queued, or failed to be."""
+        if self._enqueues:
+            await asyncio.wait(self._enqueues)
+
     async def _fire(self, firings: list[Firing]) -> None:
         for firing in firings:
             request = RunRequest(
@@ -157,25 +185,56 @@ class TriggerWatcher:
                 firing.agent_id,
                 firing.event_key,
                 trigger_id=firing.trigger_id,
-                trigger_type=self.types.get(firing.trigger_id, TriggerType.PRICE),
+                trigger_type=firing.trigger_type,
                 detail={"detail": firing.detail, "firedAt": firing.fired_at.isoformat()},
             )
             try:
-                await self.enqueue_run(request)
-                self.fired += 1
+                await self._enqueue_slots.acquire()
             except asyncio.CancelledError:
-                # Only a stopping watcher cancels an enqueue: this run may not be queued.
-                log.warning("queueing an agent run cancelled", extra={"job_id": request.job_id})
+                _cancelled(request)
                 raise
-            except Exception:
-                # One lost enqueue (Redis away) must not stop the watcher.
-                log.exception("could not queue an agent run", extra={"job_id": request.job_id})
+            task = asyncio.create_task(self._enqueue(request))
+            self._enqueues.add(task)
+            task.add_done_callback(functools.partial(self._enqueued, request))
+
+    async def _enqueue(self, request: RunRequest) -> None:
+        try:
+            await self.enqueue_run(request)
+            self.fired += 1
+        except Exception:
+            # One lost enqueue (Redis away) must not stop the watcher.
+            log.exception("could not queue an agent run", extra={"job_id": request.job_id})
+
+    def _enqueued(self, request: RunRequest, task: asyncio.Task[None]) -> None:
+        self._enqueues.discard(task)
+        self._enqueue_slots.release()
+        if task.cancelled():
+            _cancelled(request)
 
     async def _listen_changes(self) -> None:
-        async with self.hub.subscribe(TRIGGERS_CHANGED_CHANNEL, coalesce=True) as sub:
-            async for _ in sub:
-                self._reload.set()
-        raise RuntimeError("the triggers:changed subscription ended")
+        while True:
+            try:
+                async with self.hub.subscribe(TRIGGERS_CHANGED_CHANNEL) as sub:
+                    # Changes made before this point (or while a lost subscription was
+                    # replaced) are found by reading everything again.
+                    self._reload_all = True
+                    self._reload.set()
+                    async for message in sub:
+                        self._changed(message.data)
+            except SubscriptionLost as exc:
+                log.warning("triggers:changed subscription lost (%s); subscribing again", exc)
+                continue
+            raise RuntimeError("the triggers:changed subscription ended")
+
+    def _changed(self, data: Any) -> None:
+        try:
+            user_id = uuid.UUID(str(data["userId"]))
+        except (KeyError, TypeError, ValueError):
+            # A message that names nobody (from a publisher older than the user id).
+            self._reload_all = True
+        else:
+            self._changed_users.add(user_id)
+        self._reload.set()
 
     async def _listen_quotes(self, quotes: Any) -> None:
         async for message in quotes:
@@ -190,7 +249,7 @@ class TriggerWatcher:
             async with self.hub.subscribe(coalesce=True) as quotes:
                 follower = QuoteFollower(quotes, self.demand)
                 try:
-                    await self.load()
+                    # The first load comes once the triggers:changed subscription is in place.
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._listen_changes())
                         group.create_task(self._listen_quotes(quotes))
@@ -203,10 +262,32 @@ class TriggerWatcher:
         except Exception:
             log.exception("trigger watcher failed")
             raise
+        finally:
+            for task in self._enqueues:
+                task.cancel()
+            await self.flush()
 
     async def _keep_index(self, follower: QuoteFollower) -> None:
         next_load = time.monotonic() + self.refresh_interval
         while True:
+            if self._reload_all or time.monotonic() >= next_load:
+                self._reload_all = False
+                self._changed_users.clear()  # read with everybody else's
+                try:
+                    await self.load()
+                except Exception:
+                    log.exception("could not load the market triggers")
+                # From the end of this load, so that loads never follow one another back to back.
+                next_load = time.monotonic() + self.refresh_interval
+            while self._changed_users:
+                user_id = self._changed_users.pop()
+                try:
+                    await self.load_user(user_id)
+                except Exception:
+                    # Read again at the next full load.
+                    log.exception(
+                        "could not load a user's market triggers", extra={"user_id": str(user_id)}
+                    )
             if follower.symbols != self.symbols:
                 try:
                     await follower.follow(self.symbols)
@@ -223,10 +304,9 @@ class TriggerWatcher:
             wake = min(next_load, self._next_indicators)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload.wait(), max(wake - time.monotonic(), 0))
-            if self._reload.is_set() or time.monotonic() >= next_load:
-                self._reload.clear()
-                next_load = time.monotonic() + self.refresh_interval
-                try:
-                    await self.load()
-                except Exception:
-                    log.exception("could not load the market triggers")
+            self._reload.clear()
+
+
+def _cancelled(request: RunRequest) -> None:
+    # Only a stopping watcher cancels an enqueue: this run may not be queued.
+    log.warning("queueing an agent run cancelled", extra={"job_id": request.job_id})

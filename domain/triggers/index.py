@@ -23,6 +23,16 @@ then fires at once; a measure left without triggers is not computed and starts o
 A trigger added to a measure that is already tracked fires the next time the measure
 moves past its threshold.
 
+The move since the previous close and the volume multiple are measures of one session:
+both start over at "not true" with each XNYS session, since the previous close and the
+session's volume change overnight, so a condition that holds in the new session fires
+once in it. A quote belongs to the session that last opened at or before it (the
+calendar's session table, as in `session_fraction`), so one after the close still counts
+in that day's session. The calendar decides rather than a change of the quote's
+`prev_close`: two sessions that close at the same price would hide the new session, and
+a feed correcting its previous close would fake one. Windows are not measures of a
+session: their ticks simply age out.
+
 A window of w minutes keeps two monotonic deques of (timestamp, price), one for its high
 and one for its low, trimmed to w: O(1) amortized per tick however long the window. Each
 distinct window length on a symbol has its own pair, shared by all its triggers.
@@ -34,8 +44,8 @@ retry, a second evaluator on the same stream) harmless; with a cooldown under a 
 a second firing in the same minute is absorbed the same way.
 
 Market state (last price, windows, last change and volume multiple) survives
-`replace_all`, so a periodic refresh from the database neither loses a window's history
-nor re-fires a condition that was already true.
+`replace_all` and `replace_user`, so a refresh from the database neither loses a window's
+history nor re-fires a condition that was already true.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from domain.triggers.spec import (
     IndicatorConfig,
     IndicatorOp,
     PriceConfig,
+    TriggerType,
     VolumeConfig,
 )
 
@@ -86,9 +97,17 @@ def session_fraction(at: datetime) -> Decimal | None:
     return Decimal(int(elapsed)) / Decimal(int(length))
 
 
+def _next_session_open(ts: float) -> float:
+    """When the session after the one that last opened at or before `ts` opens."""
+    table = session_table()
+    i = table.index_at(ts) + 1
+    return table.opens[i] if i < len(table.opens) else float("inf")
+
+
 @dataclass(frozen=True, slots=True)
 class Firing:
     trigger_id: uuid.UUID
+    trigger_type: TriggerType
     user_id: uuid.UUID
     agent_id: uuid.UUID
     symbol: str
@@ -225,6 +244,7 @@ class _Symbol:
         "last_price",
         "last_ratio",
         "last_ts",
+        "next_session",
         "volume",
         "windows",
     )
@@ -232,6 +252,7 @@ class _Symbol:
     def __init__(self) -> None:
         self.last_price: Decimal | None = None
         self.last_ts = float("-inf")
+        self.next_session = float("-inf")
         self.last_change = _ZERO
         self.last_ratio = _ZERO
         self.average_volume: Decimal | None = None
@@ -279,6 +300,20 @@ class _Symbol:
         for seconds in [s for s, w in self.windows.items() if not (w.drops or w.rises)]:
             del self.windows[seconds]
 
+    def needs_indicators(self) -> bool:
+        """Whether a trigger here reads the daily indicators (volume: the average volume)."""
+        return bool(self.volume) or any(self.indicators.values())
+
+    def has_triggers(self) -> bool:
+        return bool(
+            self.above
+            or self.below
+            or self.close_drops
+            or self.close_rises
+            or any(w.drops or w.rises for w in self.windows.values())
+            or self.needs_indicators()
+        )
+
 
 def _validated(config: IndexedConfig) -> IndexedConfig:
     problems = config.validate()
@@ -293,10 +328,27 @@ class TriggerIndex:
 
     def __init__(self) -> None:
         self._entries: dict[uuid.UUID, _Entry] = {}
+        self._by_user: dict[uuid.UUID, dict[uuid.UUID, _Entry]] = {}
         self._symbols: dict[str, _Symbol] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, trigger_id: object) -> bool:
+        return trigger_id in self._entries
+
+    def users(self) -> frozenset[uuid.UUID]:
+        """The users who have triggers."""
+        return frozenset(self._by_user)
+
+    def symbols(self) -> frozenset[str]:
+        """The symbols that have triggers."""
+        return frozenset(name for name, state in self._symbols.items() if state.has_triggers())
+
+    def indicator_symbols(self) -> frozenset[str]:
+        """The symbols whose triggers read the daily indicators: indicator comparisons, and
+        volume multiples (the 20-day average volume)."""
+        return frozenset(name for name, state in self._symbols.items() if state.needs_indicators())
 
     def add(
         self,
@@ -311,25 +363,14 @@ class TriggerIndex:
         trigger = IndexedTrigger(
             trigger_id, user_id, agent_id, _validated(config), cooldown_seconds, last_fired_at
         )
-        replaced = self._entries.get(trigger_id)
-        entry = _Entry(trigger, self._symbols.setdefault(config.symbol, _Symbol()))
-        entry.ladder.add(entry)
-        self._entries[trigger_id] = entry
-        # Removed after the new entry is placed, so a window they share keeps its history.
-        if replaced is not None:
-            self._discard(replaced)
+        self._put(self._entry(trigger, None))
 
     def remove(self, trigger_id: uuid.UUID) -> bool:
-        entry = self._entries.pop(trigger_id, None)
+        entry = self._entries.get(trigger_id)
         if entry is None:
             return False
-        self._discard(entry)
+        self._drop(entry)
         return True
-
-    def _discard(self, entry: _Entry) -> None:
-        entry.ladder.remove(entry)
-        if entry.window is not None:
-            self._symbols[entry.symbol].prune_windows()
 
     def replace_all(self, triggers: Iterable[IndexedTrigger]) -> list[uuid.UUID]:
         """Replace every trigger, keeping market state and the later of each trigger's
@@ -344,14 +385,7 @@ class TriggerIndex:
             if trigger.config.validate():
                 rejected.append(trigger.trigger_id)
                 continue
-            entry = _Entry(trigger, self._symbols.setdefault(trigger.config.symbol, _Symbol()))
-            before = previous.get(trigger.trigger_id)
-            if (
-                before is not None
-                and before.last_fired is not None
-                and (entry.last_fired is None or before.last_fired > entry.last_fired)
-            ):
-                entry.last_fired = before.last_fired
+            entry = self._entry(trigger, previous.get(trigger.trigger_id))
             placed.setdefault(id(entry.ladder), (entry.ladder, []))[1].append(entry)
             self._entries[trigger.trigger_id] = entry
         for ladder, entries in placed.values():
@@ -359,7 +393,62 @@ class TriggerIndex:
             ladder.load([e for e in entries if self._entries[e.trigger_id] is e])
         for symbol in self._symbols.values():
             symbol.prune_windows()
+        self._by_user = {}
+        for entry in self._entries.values():
+            self._by_user.setdefault(entry.user_id, {})[entry.trigger_id] = entry
         return rejected
+
+    def replace_user(
+        self, user_id: uuid.UUID, triggers: Iterable[IndexedTrigger]
+    ) -> list[uuid.UUID]:
+        """Replace `user_id`'s triggers with `triggers` (theirs), like `replace_all` for one
+        user; everybody else's are left alone. Returns the ids of invalid triggers."""
+        previous = self._by_user.pop(user_id, {})
+        rejected: list[uuid.UUID] = []
+        for trigger in triggers:
+            if trigger.config.validate():
+                rejected.append(trigger.trigger_id)
+            else:
+                self._put(self._entry(trigger, previous.get(trigger.trigger_id)))
+        for trigger_id, entry in previous.items():
+            if self._entries.get(trigger_id) is entry:
+                self._drop(entry)
+        return rejected
+
+    def _entry(self, trigger: IndexedTrigger, before: _Entry | None) -> _Entry:
+        """A new entry for `trigger`, with the later of its stored last firing and that of
+        `before`, its current entry (whose firing the database may not have recorded yet)."""
+        entry = _Entry(trigger, self._symbols.setdefault(trigger.config.symbol, _Symbol()))
+        if (
+            before is not None
+            and before.last_fired is not None
+            and (entry.last_fired is None or before.last_fired > entry.last_fired)
+        ):
+            entry.last_fired = before.last_fired
+        return entry
+
+    def _put(self, entry: _Entry) -> None:
+        """Index `entry` in place of the current entry of its trigger, if any."""
+        replaced = self._entries.get(entry.trigger_id)
+        entry.ladder.add(entry)
+        self._entries[entry.trigger_id] = entry
+        self._by_user.setdefault(entry.user_id, {})[entry.trigger_id] = entry
+        # Dropped after the new entry is placed, so a window they share keeps its history.
+        if replaced is not None:
+            self._drop(replaced)
+
+    def _drop(self, entry: _Entry) -> None:
+        """Take `entry` out of its ladder, and out of the maps where it is still current."""
+        if self._entries.get(entry.trigger_id) is entry:
+            del self._entries[entry.trigger_id]
+        mine = self._by_user.get(entry.user_id)
+        if mine is not None and mine.get(entry.trigger_id) is entry:
+            del mine[entry.trigger_id]
+            if not mine:
+                del self._by_user[entry.user_id]
+        entry.ladder.remove(entry)
+        if entry.window is not None:
+            self._symbols[entry.symbol].prune_windows()
 
     def set_average_volume(self, symbol: str, average: Decimal | None) -> None:
         """The 20-day average daily volume that volume triggers on `symbol` compare with."""
@@ -371,6 +460,9 @@ class TriggerIndex:
         ts = quote.timestamp.timestamp()
         if state is None or ts < state.last_ts:
             return []
+        if ts >= state.next_session:
+            state.next_session = _next_session_open(ts)
+            state.last_change = state.last_ratio = _ZERO
         price = quote.last
         fired: list[Firing] = []
         prev = state.last_price
@@ -461,6 +553,7 @@ class TriggerIndex:
             out.append(
                 Firing(
                     trigger_id=entry.trigger_id,
+                    trigger_type=entry.config.type,
                     user_id=entry.user_id,
                     agent_id=entry.agent_id,
                     symbol=entry.symbol,

@@ -196,18 +196,22 @@ async def test_the_watcher_queues_a_run_when_a_price_trigger_fires(
 
     now = clock()
     await watcher.on_quote(quote("KO", "999", now))
+    await watcher.flush()
     assert mine() == []
     await watcher.on_quote(quote("KO", "1001", now + timedelta(seconds=1)))
+    await watcher.flush()
     [fired] = mine()
     assert str(fired.trigger_id) == price_id and fired.trigger_type is TriggerType.PRICE
     assert fired.detail["detail"] == "When KO crosses above $1,000: price $1001"
     # Down and up again within the cooldown: no second run.
     await watcher.on_quote(quote("KO", "990", now + timedelta(seconds=2)))
     await watcher.on_quote(quote("KO", "1002", now + timedelta(seconds=3)))
+    await watcher.flush()
     assert len(mine()) == 1
 
     # RSI is always <= 100: the indicator trigger fires on its first update.
     await watcher.refresh_indicators()
+    await watcher.flush()
     [indicator] = [r for r in mine() if str(r.trigger_id) == indicator_id]
     assert indicator.trigger_type is TriggerType.INDICATOR
 
@@ -216,6 +220,7 @@ async def test_the_watcher_queues_a_run_when_a_price_trigger_fires(
     await watcher.load()
     await watcher.on_quote(quote("KO", "1", now + timedelta(hours=1)))
     await watcher.on_quote(quote("KO", "2000", now + timedelta(hours=1, seconds=1)))
+    await watcher.flush()
     assert len([r for r in mine() if str(r.trigger_id) == price_id]) == 1
 
 
@@ -234,10 +239,11 @@ async def test_the_running_watcher_reloads_when_triggers_change(
             user, prompt=QUIET, triggers=[{"volume": {"symbol": "PEP", "multipleOfAverage": "3"}}]
         )
         trigger_id = uuid.UUID(saved["agent"]["triggers"][0]["id"])
-        await _until(lambda: trigger_id in watcher.types)
-        assert "PEP" in watcher.symbols
+        # A full load places each user's triggers as it reads them, and follows the new
+        # symbols once it has read everybody's.
+        await _until(lambda: trigger_id in watcher.index and "PEP" in watcher.symbols)
         await user.gql("mutation { pauseAllAgents { pausedAgents } }")
-        await _until(lambda: trigger_id not in watcher.types)
+        await _until(lambda: trigger_id not in watcher.index)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -8,10 +8,17 @@ from decimal import Decimal
 
 import pytest
 
+from domain.market.calendar import session_table
 from domain.market.indicators import Indicators
 from domain.market.models import Quote
 from domain.triggers.index import IndexedConfig, IndexedTrigger, TriggerIndex, session_fraction
-from domain.triggers.spec import INDICATORS, IndicatorConfig, PriceConfig, VolumeConfig
+from domain.triggers.spec import (
+    INDICATORS,
+    IndicatorConfig,
+    PriceConfig,
+    TriggerType,
+    VolumeConfig,
+)
 
 D = Decimal
 # Tuesday 2025-11-25; the regular session runs 14:30-21:00 UTC.
@@ -70,6 +77,7 @@ def test_a_level_crossing_fires_once_per_crossing() -> None:
     assert fired(index, quote("AAPL", "199", t + timedelta(minutes=1))) == set()
     (firing,) = index.evaluate(quote("AAPL", "200.13", t + timedelta(minutes=2)))
     assert firing.trigger_id == up
+    assert firing.trigger_type is TriggerType.PRICE
     assert firing.symbol == "AAPL"
     assert firing.detail == "When AAPL crosses above $200: price $200.13"
     assert fired(index, quote("AAPL", "205", t + timedelta(minutes=3))) == set()
@@ -125,6 +133,33 @@ def test_volume_is_not_evaluated_outside_the_session() -> None:
 def test_the_opening_minutes_count_as_fifteen() -> None:
     assert session_fraction(OPEN) == D(15) / D(390)
     assert session_fraction(OPEN + timedelta(minutes=15)) == D(15) / D(390)
+
+
+def test_the_move_since_the_close_and_the_volume_start_over_each_session() -> None:
+    index = TriggerIndex()
+    rise = add(index, PriceConfig("AAPL", change_percent=D(3)), cooldown=3600)
+    spike = add(index, VolumeConfig("AAPL", D(2)), cooldown=3600)
+    index.set_average_volume("AAPL", D(3_900_000))  # 10,000 shares a session minute
+    wednesday = datetime(2025, 11, 19, 20, tzinfo=UTC)  # 330 minutes into the session
+    assert fired(index, quote("AAPL", "102", wednesday, volume="100", prev_close="100")) == set()
+    t = wednesday + timedelta(minutes=1)
+    assert fired(index, quote("AAPL", "105", t, volume="8350000", prev_close="100")) == {
+        rise,
+        spike,
+    }
+    # After the close the quote still belongs to Wednesday's session: nothing new is true.
+    t = wednesday + timedelta(hours=2)
+    assert fired(index, quote("AAPL", "105.5", t, volume="8400000", prev_close="100")) == set()
+
+    # Thursday, 30 minutes into the session: +4.0% on Wednesday's close, 3x the volume.
+    thursday = wednesday + timedelta(hours=19)
+    assert fired(index, quote("AAPL", "109.20", thursday, volume="900000", prev_close="105")) == {
+        rise,
+        spike,
+    }
+    t = thursday + timedelta(minutes=1)
+    later = quote("AAPL", "109.305", t, volume="1000000", prev_close="105")  # +4.1%, 3.2x
+    assert fired(index, later) == set()
 
 
 def test_indicator_comparisons_fire_when_they_turn_true() -> None:
@@ -246,6 +281,50 @@ def test_replace_all_keeps_the_later_last_firing() -> None:
     assert fired(index, quote("AAPL", "201", OPEN + timedelta(minutes=3))) == set()
 
 
+def test_replace_user_replaces_one_users_triggers_only() -> None:
+    index = TriggerIndex()
+    other = uuid.uuid4()
+    level, drop, volume, below, bad, others = (uuid.uuid4() for _ in range(6))
+    mine = [
+        IndexedTrigger(level, USER, AGENT, PriceConfig("AAPL", above=D(200)), 3600),
+        IndexedTrigger(
+            drop, USER, AGENT, PriceConfig("AAPL", change_percent=D(-3), window_minutes=30), 0
+        ),
+        IndexedTrigger(volume, USER, AGENT, VolumeConfig("MSFT", D(2)), 0),
+    ]
+    index.replace_all(
+        [*mine, IndexedTrigger(others, other, AGENT, PriceConfig("AAPL", above=D(200)), 0)]
+    )
+    assert index.users() == {USER, other}
+    assert index.symbols() == {"AAPL", "MSFT"}
+    assert index.indicator_symbols() == {"MSFT"}
+    index.evaluate(quote("AAPL", "199", OPEN))
+    assert fired(index, quote("AAPL", "201", OPEN + timedelta(minutes=1))) == {level, others}
+
+    # The database has not recorded the firing of `level` yet.
+    rejected = index.replace_user(
+        USER,
+        [
+            *mine[:2],
+            IndexedTrigger(below, USER, AGENT, PriceConfig("AAPL", below=D(196)), 0),
+            IndexedTrigger(bad, USER, AGENT, PriceConfig("AAPL"), 0),
+        ],
+    )
+    assert rejected == [bad]
+    assert (len(index), volume in index, bad in index, others in index) == (4, False, False, True)
+    assert index.symbols() == {"AAPL"}
+    assert index.indicator_symbols() == frozenset()
+    # The window still remembers the 201 high; the last price makes 194 a crossing of 196.
+    assert fired(index, quote("AAPL", "194", OPEN + timedelta(minutes=2))) == {drop, below}
+    # `level` is still cooling down; the other user's trigger is as it was.
+    assert fired(index, quote("AAPL", "201", OPEN + timedelta(minutes=3))) == {others}
+
+    index.replace_user(USER, [])
+    assert index.users() == {other}
+    assert list(index.symbols()) == ["AAPL"]
+    assert (len(index), level in index) == (1, False)
+
+
 def test_out_of_order_quotes_are_ignored() -> None:
     index = TriggerIndex()
     add(index, PriceConfig("AAPL", above=D(200)))
@@ -263,7 +342,8 @@ def test_invalid_configs_are_refused() -> None:
 
 @dataclass
 class _Reference:
-    """The same semantics, evaluated the obvious way: every trigger, full history."""
+    """The same semantics, evaluated the obvious way: every trigger, full history, the
+    measures of a session kept per session."""
 
     triggers: dict[uuid.UUID, tuple[IndexedConfig, int]]
     average_volume: dict[str, Decimal]
@@ -298,12 +378,13 @@ class _Reference:
         self, trigger_id: uuid.UUID, config: IndexedConfig, q: Quote, last: Decimal | None
     ) -> bool:
         price = q.last
+        session = session_table().index_at(q.timestamp.timestamp())
         if isinstance(config, VolumeConfig):
             fraction = session_fraction(q.timestamp)
             if fraction is None:
                 return False
             ratio = q.volume / (self.average_volume[q.symbol] * fraction)
-            return self._rose_through(trigger_id, "v", ratio, config.multiple_of_average)
+            return self._rose_through(trigger_id, f"v{session}", ratio, config.multiple_of_average)
         assert isinstance(config, PriceConfig)
         if config.above is not None:
             return last is not None and last < config.above <= price
@@ -314,7 +395,8 @@ class _Reference:
         if config.window_minutes is None:
             assert q.prev_close is not None
             move = (price - q.prev_close) / q.prev_close * 100
-            return self._rose_through(trigger_id, "c", move if change > 0 else -move, abs(change))
+            move = move if change > 0 else -move
+            return self._rose_through(trigger_id, f"c{session}", move, abs(change))
         horizon = q.timestamp.timestamp() - config.window_minutes * 60
         window = [p for ts, p in self.history[q.symbol] if ts >= horizon]
         if change < 0:
@@ -369,21 +451,66 @@ def test_matches_a_brute_force_reference_on_random_ticks(seed: int) -> None:
         del reference.triggers[trigger_id]
 
     prices = {s: D(100) for s in symbols}
+    closes = dict(prices)
     volumes = {s: D(0) for s in symbols}
     t = OPEN + timedelta(minutes=1)
     total = 0
-    for _ in range(3_000):
+    for tick in range(3_000):
+        if tick == 1_500:  # overnight: the next session, with new closes and volumes
+            t += timedelta(days=1)
+            closes = dict(prices)
+            volumes = {s: D(0) for s in symbols}
         symbol = rng.choice(symbols[:10]) if rng.random() < 0.7 else rng.choice(symbols)
         t += timedelta(seconds=rng.randint(0, 20))
         prices[symbol] = max(
             D("80"), (prices[symbol] * D(1 + rng.gauss(0, 0.006))).quantize(D("0.01"))
         )
         volumes[symbol] += rng.randint(0, 20_000)
-        q = quote(symbol, prices[symbol], t, volume=volumes[symbol], prev_close="100")
+        q = quote(symbol, prices[symbol], t, volume=volumes[symbol], prev_close=closes[symbol])
         got = fired(index, q)
         assert got == reference.evaluate(q), f"at {t} on {symbol}"
         total += len(got)
     assert total > 500  # the comparison is not vacuous
+
+
+def test_replacing_one_user_at_a_time_matches_replacing_everything() -> None:
+    rng = random.Random(11)
+    symbols = ["AAA", "BBB", "CCC"]
+    users = [uuid.uuid4() for _ in range(20)]
+
+    def triggers_of(user: uuid.UUID) -> list[IndexedTrigger]:
+        return [
+            IndexedTrigger(uuid.uuid4(), user, AGENT, _random_config(rng, rng.choice(symbols)), 900)
+            for _ in range(rng.randint(0, 30))
+        ]
+
+    current = {user: triggers_of(user) for user in users}
+    by_user, everything = TriggerIndex(), TriggerIndex()
+    for index in (by_user, everything):
+        index.replace_all(t for mine in current.values() for t in mine)
+        for symbol in symbols:
+            index.set_average_volume(symbol, D(500_000))
+    prices = dict.fromkeys(symbols, D(100))
+    t = OPEN + timedelta(minutes=1)
+    total = 0
+    for tick in range(2_000):
+        if tick % 100 == 99:
+            # One user keeps some triggers (their last firings too), drops the rest, adds some.
+            user = rng.choice(users)
+            kept = [trigger for trigger in current[user] if rng.random() < 0.5]
+            current[user] = kept + triggers_of(user)
+            by_user.replace_user(user, current[user])
+            everything.replace_all(t for mine in current.values() for t in mine)
+        symbol = rng.choice(symbols)
+        t += timedelta(seconds=rng.randint(0, 20))
+        prices[symbol] = (prices[symbol] * D(1 + rng.gauss(0, 0.006))).quantize(D("0.01"))
+        q = quote(symbol, prices[symbol], t, volume=D(tick * 1_000), prev_close="100")
+        got = fired(by_user, q)
+        assert got == fired(everything, q), f"at {t} on {symbol}"
+        total += len(got)
+    assert total > 200  # the comparison is not vacuous
+    assert len(by_user) == len(everything)
+    assert by_user.symbols() == everything.symbols()
 
 
 def test_indicator_triggers_match_a_brute_force_reference() -> None:
