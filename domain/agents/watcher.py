@@ -36,18 +36,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from db.engine import Database
 from db.repositories import agents as repo
 from domain.agents.execution import RunRequest
 from domain.agents.service import TRIGGERS_CHANGED_CHANNEL
-from domain.market import codec
 from domain.market.feed import QuoteDemand
 from domain.market.indicators import Indicators
 from domain.market.models import Quote, Timeframe
 from domain.market.service import MarketDataError, MarketService
-from domain.trading.paper import QuoteFollower
+from domain.trading.paper import Hub, QuoteFollower, run_on_quotes
 from domain.triggers.index import Firing, IndexedTrigger, TriggerIndex
 from domain.triggers.spec import (
     IndicatorConfig,
@@ -64,10 +63,6 @@ log = logging.getLogger(__name__)
 MARKET_TRIGGERS = (TriggerType.PRICE, TriggerType.VOLUME, TriggerType.INDICATOR)
 # Enough to queue a start-up burst of firings over a handful of Redis connections.
 ENQUEUES_IN_FLIGHT = 16
-
-
-class Hub(Protocol):
-    def subscribe(self, *channels: str, coalesce: bool = False) -> Any: ...
 
 
 class TriggerWatcher:
@@ -236,32 +231,18 @@ class TriggerWatcher:
             self._changed_users.add(user_id)
         self._reload.set()
 
-    async def _listen_quotes(self, quotes: Any) -> None:
-        async for message in quotes:
-            try:
-                await self.on_quote(codec.quote_from_dict(message.data))
-            except Exception:
-                log.exception("a quote could not be evaluated", extra={"channel": message.channel})
-        raise RuntimeError("the quote subscription ended")
-
     async def run(self) -> None:
         try:
-            async with self.hub.subscribe(coalesce=True) as quotes:
-                follower = QuoteFollower(quotes, self.demand)
-                try:
-                    # The first load comes once the triggers:changed subscription is in place.
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._listen_changes())
-                        group.create_task(self._listen_quotes(quotes))
-                        group.create_task(self._keep_index(follower))
-                finally:
-                    await follower.aclose()
-        except asyncio.CancelledError:
-            log.info("trigger watcher stopped")
-            raise
-        except Exception:
-            log.exception("trigger watcher failed")
-            raise
+            # The first load comes once the triggers:changed subscription is in place.
+            await run_on_quotes(
+                self.hub,
+                self.demand,
+                self.on_quote,
+                lambda _: self._listen_changes(),
+                self._keep_index,
+                name="trigger watcher",
+                log=log,
+            )
         finally:
             for task in self._enqueues:
                 task.cancel()

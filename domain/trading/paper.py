@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from sqlalchemy import text
@@ -85,6 +85,47 @@ class QuoteFollower:
     async def aclose(self) -> None:
         self.symbols = frozenset()
         await self._hold.aclose()
+
+
+async def run_on_quotes(
+    hub: Hub,
+    demand: QuoteDemand,
+    on_quote: Callable[[Quote], Awaitable[None]],
+    *tasks: Callable[[QuoteFollower], Coroutine[Any, Any, None]],
+    name: str,
+    log: logging.Logger,
+) -> None:
+    """The life of a quote-driven loop (the paper matcher, the trigger watcher): one
+    coalescing quote subscription for as long as it runs, whose channels and demand `tasks`
+    move through a QuoteFollower, each quote handed to `on_quote` (a failing quote is logged
+    and the next one comes). A task that fails ends them all, logged; never silently."""
+    try:
+        async with hub.subscribe(coalesce=True) as quotes:
+            follower = QuoteFollower(quotes, demand)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(_each_quote(quotes, on_quote, log))
+                    for task in tasks:
+                        group.create_task(task(follower))
+            finally:
+                await follower.aclose()
+    except asyncio.CancelledError:
+        log.info("%s stopped", name)
+        raise
+    except Exception:
+        log.exception("%s failed", name)
+        raise
+
+
+async def _each_quote(
+    quotes: Any, on_quote: Callable[[Quote], Awaitable[None]], log: logging.Logger
+) -> None:
+    async for message in quotes:
+        try:
+            await on_quote(codec.quote_from_dict(message.data))
+        except Exception:
+            log.exception("a quote could not be handled", extra={"channel": message.channel})
+    raise RuntimeError("the quote subscription ended")
 
 
 class PaperMatcher:
@@ -156,22 +197,15 @@ class PaperMatcher:
             await self._match(user_id, order_id, quote)
 
     async def run(self) -> None:
-        try:
-            async with self.hub.subscribe(coalesce=True) as quotes:
-                follower = QuoteFollower(quotes, self.demand)
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._listen_new_orders())
-                        group.create_task(self._listen_quotes(quotes))
-                        group.create_task(self._keep_book(follower))
-                finally:
-                    await follower.aclose()
-        except asyncio.CancelledError:
-            log.info("paper matcher stopped")
-            raise
-        except Exception:
-            log.exception("paper matcher failed")
-            raise
+        await run_on_quotes(
+            self.hub,
+            self.demand,
+            self.on_quote,
+            lambda _: self._listen_new_orders(),
+            self._keep_book,
+            name="paper matcher",
+            log=log,
+        )
 
     async def _listen_new_orders(self) -> None:
         while True:
@@ -191,14 +225,6 @@ class PaperMatcher:
                 log.warning("new-orders subscription lost (%s); subscribing again", exc)
                 continue
             raise RuntimeError("the new-orders subscription ended")
-
-    async def _listen_quotes(self, quotes: Any) -> None:
-        async for message in quotes:
-            try:
-                await self.on_quote(codec.quote_from_dict(message.data))
-            except Exception:
-                log.exception("a quote could not be matched", extra={"channel": message.channel})
-        raise RuntimeError("the quote subscription ended")
 
     async def _keep_book(self, follower: QuoteFollower) -> None:
         # The first load comes once the new-orders subscription is in place (_stale).
