@@ -50,7 +50,8 @@ async def test_held_portfolios_get_a_point_and_empty_ones_none(
     after = await history_of(holder)
     assert taken >= 1  # other tests' users may hold positions too
     # One more stored point; the last point is always "now", so the new one is second last.
-    assert len(after) == len(before) + 1
+    assert len(after) == len(before) + 1, (before, after)
     stamps = [datetime.fromisoformat(p["timestamp"]) for p in (before[-1], after[-2], after[-1])]
-    assert stamps == sorted(stamps), "the new point is stored between the two reads"
-    assert len(await history_of(idle)) == len(idle_before)
+    assert stamps == sorted(stamps), ("the new point lies between the two reads", before, after)
+    idle_after = await history_of(idle)
+    assert len(idle_after) == len(idle_before), (idle_before, idle_after)
