@@ -33,3 +33,27 @@ class RowsByIdLoader(DataLoader[uuid.UUID, R | None]):
             return [found.get(i) for i in ids]
 
         super().__init__(load_fn=load)
+
+
+class RowsByParentLoader(DataLoader[uuid.UUID, list[R]]):
+    """The actor's rows of many parents (an agent's triggers, an order's fills) in one query
+    per batch, each parent's in the order `fetch` returns them; someone else's parent has none."""
+
+    def __init__(
+        self,
+        db: Database,
+        actor: Actor | None,
+        fetch: Fetch[R],
+        parent: Callable[[R], uuid.UUID],
+    ) -> None:
+        async def load(ids: Sequence[uuid.UUID]) -> list[list[R]]:
+            if actor is None:
+                return [[] for _ in ids]
+            async with db.transaction(actor.user_id) as uow:
+                rows = await fetch(uow.session, actor.user_id, ids)
+            grouped: dict[uuid.UUID, list[R]] = {i: [] for i in ids}
+            for row in rows:
+                grouped[parent(row)].append(row)
+            return [grouped[i] for i in ids]
+
+        super().__init__(load_fn=load)
